@@ -131,7 +131,7 @@ def _orthogonal_(mats: Tensor) -> None:
     """Fill a view of grouped matrices (..., r, c) with random (semi-)orthogonal blocks, in place."""
     r, c = mats.shape[-2:]
     flat = mats.reshape(-1, r, c)
-    a = torch.randn(flat.shape[0], max(r, c), min(r, c), dtype=torch.float64)
+    a = torch.randn(flat.shape[0], max(r, c), min(r, c))
     q, rr = torch.linalg.qr(a)
     q = q * torch.sign(torch.diagonal(rr, dim1=-2, dim2=-1)).unsqueeze(-2)
     if r < c:
@@ -225,6 +225,8 @@ class ExpandProject(nn.Module):
             nn.Parameter(torch.zeros(layout.weight_shape, **kw)) if options.learnable_residual else None
         )
         self.solve_on_assign = options.init == "preserve"
+        # the factor right_inverse solves: the first while every hidden size >= out, else the last
+        self.solve_index = 0 if min(sizes[1:]) >= layout.out else d - 1
         self._cache: tuple[tuple, Tensor] | None = None
         self._mode: dict[tuple[int, ...], bool] = {}
         self.reset_factors()
@@ -259,6 +261,8 @@ class ExpandProject(nn.Module):
                 fan_in = math.prod(w.shape[e + 1 :])
                 if self.options.init == "original":
                     w.normal_(0.0, (2.0 if i == last else 1.0) ** 0.5 / math.sqrt(fan_in))
+                elif i == self.solve_index and self.gate is None:
+                    w.zero_()  # solved by right_inverse
                 else:
                     _orthogonal_(self._grouped(w))
             if self.biases is not None and self.options.init == "original":
@@ -473,7 +477,7 @@ class ExpandProject(nn.Module):
         if self.gate is not None:
             self.gate.zero_()
             self.gate.copy_(target - self.compose())
-        elif min(self.sizes[1:]) >= lay.out or len(self.factors) == 1:
+        elif self.solve_index == 0:
             self._solve_first(target.reshape(*lay.experts, g, lay.out // g, -1))
         else:
             self._solve_last(target.reshape(*lay.experts, g, lay.out // g, -1))
@@ -485,9 +489,13 @@ class ExpandProject(nn.Module):
         e = (1,) * len(lay.experts)
         eye = torch.eye(h1, dtype=w0.dtype, device=w0.device).expand(*e, g, h1, h1)
         # T: node-1 content -> output; C: what reaches the output without passing through W_1
-        transfer = self._propagate([torch.zeros(*e, g, lay.in_per_group, h1, dtype=w0.dtype), eye], 1, len(self.factors))[-1]
-        rest = self._propagate(self._skip_only_start(), 1, len(self.factors))[-1]
-        solved = torch.linalg.pinv(transfer) @ (target - rest)
+        zeros = torch.zeros(*e, g, lay.in_per_group, h1, dtype=w0.dtype)
+        transfer = self._propagate([zeros, eye], 1, len(self.factors))[-1]
+        if self.intervals:
+            target = target - self._propagate(self._skip_only_start(), 1, len(self.factors))[-1]
+        # minimum-norm solution of transfer @ X = target (transfer has full row rank)
+        gram = transfer @ transfer.transpose(-2, -1)
+        solved = transfer.transpose(-2, -1) @ torch.cholesky_solve(target, torch.linalg.cholesky(gram))
         bn = self._bn_affine(0)
         if bn is not None:
             solved = solved / bn[0].reshape(g, -1, 1)
@@ -510,7 +518,10 @@ class ExpandProject(nn.Module):
         bn = self._bn_affine(d - 1)
         if bn is not None:
             rhs = rhs / bn[0].reshape(g, -1, 1)
-        solved = rhs @ torch.linalg.pinv(nodes[d - 1])
+        m = nodes[d - 1]  # full column rank: solved = rhs @ pinv(m)
+        gram = m.transpose(-2, -1) @ m
+        x = torch.cholesky_solve(rhs.transpose(-2, -1), torch.linalg.cholesky(gram)).transpose(-2, -1)
+        solved = x @ m.transpose(-2, -1)
         self.factors[-1].copy_(solved.reshape(self.factors[-1].shape))
 
     # ---------------------------------------------------------------- activation-space chain
@@ -685,7 +696,7 @@ def expand_module(
     )
     for p in chain.parameters():
         p.requires_grad_(weight.requires_grad)
-    parametrize.register_parametrization(module, "weight", chain)
+    parametrize.register_parametrization(module, "weight", chain, unsafe=True)  # shapes checked here
     if has_bias and (chain.biases is not None or chain.norms is not None):
         parametrize.register_parametrization(module, "bias", ExpandProjectBias(chain))
     chain.solve_on_assign = chain.matrix_form
@@ -704,6 +715,10 @@ def collapse_module(module: nn.Module) -> None:
     chain = module.parametrizations.weight[0]
     requires_grad = chain.factors[0].requires_grad
     chain.eval()
+    # parametrize keeps its properties on a class that deep copies share: removing them from a
+    # copy's class would strip the original too, so give this module a class of its own first
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
     with torch.no_grad():
         for name in ("bias", "weight"):  # the bias parametrization reads the weight's chain
             if parametrize.is_parametrized(module, name):

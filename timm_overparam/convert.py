@@ -1,0 +1,227 @@
+"""The conversion walk shared by both families, and the collapse back to the stock model."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from torch import nn
+from torch.nn.utils import parametrize
+
+from timm_overparam.expand import ExpandOptions, ExpandProject, collapse_module, expand_module, layout_of
+
+_OP_TYPES = ("conv", "linear")
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: converted modules (with details) and skipped ones (with the reason).
+
+    >>> r = ConversionReport("op", converted={"fc": "depth 3"}, skipped={"head": "excluded by 'head*'"})
+    >>> r.summary()
+    'op: 1 converted, 1 skipped'
+    """
+
+    family: str
+    converted: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    base: str | None = None
+
+    def summary(self) -> str:
+        """One line: how many modules were converted and skipped."""
+        return f"{self.family}: {len(self.converted)} converted, {len(self.skipped)} skipped"
+
+    def __str__(self) -> str:
+        lines = [self.summary()]
+        lines += [f"  + {n}: {d}" for n, d in self.converted.items()]
+        lines += [f"  - {n}: {r}" for n, r in self.skipped.items()]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which modules a conversion touches: name patterns (fnmatch), kinds and a minimum size.
+
+    >>> Selection(exclude=("head*",)).skip_reason("head.fc", nn.Linear(2, 2))
+    "excluded by pattern 'head*'"
+    """
+
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    min_params: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = (value,)
+            if not all(isinstance(p, str) for p in value):
+                raise TypeError(f"{name} must be a list of fnmatch patterns, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        if not isinstance(self.min_params, int) or self.min_params < 0:
+            raise ValueError(f"min_params must be an integer >= 0, got {self.min_params!r}")
+
+    def skip_reason(self, name: str, module: nn.Module) -> str | None:
+        """Why ``module`` is left alone, or None when it is selected."""
+        if not any(fnmatch.fnmatchcase(name, p) for p in self.include):
+            return f"not matched by include {list(self.include)}"
+        for p in self.exclude:
+            if fnmatch.fnmatchcase(name, p):
+                return f"excluded by pattern {p!r}"
+        size = sum(p.numel() for p in module.parameters(recurse=False))
+        if size < self.min_params:
+            return f"{size} parameters < min_params={self.min_params}"
+        return None
+
+
+def walk(
+    model: nn.Module,
+    family: str,
+    candidate: Callable[[nn.Module], str | bool],
+    selection: Selection,
+    apply: Callable[[str, nn.Module], str],
+) -> ConversionReport:
+    """Visit every module once; convert candidates that the selection keeps; report the rest.
+
+    ``candidate`` returns True, False (not this family's business) or a reason it cannot be
+    converted; ``apply`` converts one module and returns a detail line (or raises ``Skip``).
+    """
+    report = ConversionReport(family)
+    for name, module in list(model.named_modules()):
+        verdict = candidate(module)
+        if verdict is False:
+            continue
+        reason = verdict if isinstance(verdict, str) else selection.skip_reason(name, module)
+        if reason is None and parametrize.is_parametrized(module):
+            reason = "already parametrized"
+        if reason is None:
+            try:
+                report.converted[name] = apply(name, module)
+                continue
+            except Skip as e:
+                reason = str(e)
+        report.skipped[name] = reason
+    return report
+
+
+class Skip(Exception):
+    """Raised by a family's ``apply`` when one module cannot be converted (with the reason)."""
+
+
+def _op_candidate(types: Sequence[str]) -> Callable[[nn.Module], str | bool]:
+    def candidate(module: nn.Module) -> str | bool:
+        if isinstance(module, nn.modules.conv._ConvNd) and module.transposed:
+            return "transposed convolutions are not expanded" if "conv" in types else False
+        layout = layout_of(module)
+        if layout is None:
+            return False
+        kind = "linear" if isinstance(module, nn.Linear) else "conv"
+        if kind not in types:
+            return False
+        if not isinstance(module.weight, nn.Parameter):
+            return "weight is not an nn.Parameter"
+        return True
+
+    return candidate
+
+
+def _op_apply(options: ExpandOptions) -> Callable[[str, nn.Module], str]:
+    def apply(name: str, module: nn.Module) -> str:
+        try:
+            chain = expand_module(module, options)
+        except ValueError as e:
+            raise Skip(str(e)) from e
+        parts = [f"depth {options.depth}", f"hidden {chain.hidden}"]
+        if options.residual:
+            parts.append(f"residual {list(chain.intervals)}" if chain.intervals else "no residual (shapes)")
+        if options.batch_norm:
+            if chain.norms is not None:
+                parts.append("batch_norm")
+            elif not chain.chain:
+                parts.append(f"no batch_norm ({type(module).__name__} has its own forward)")
+            else:
+                parts.append("no batch_norm (module has no bias to fold the shift into)")
+        parts.append("chain" if chain.chain else "composed")
+        return ", ".join(parts)
+
+    return apply
+
+
+def overparameterize(
+    model: nn.Module,
+    depth: int = 2,
+    width: float = 1.0,
+    *,
+    hidden: str = "min",
+    batch_norm: bool = False,
+    residual: bool = False,
+    residual_intervals: int | Sequence[int] = 2,
+    learnable_residual: bool = False,
+    factor_bias: bool = False,
+    init: str = "preserve",
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+    types: Sequence[str] = _OP_TYPES,
+    min_params: int = 0,
+) -> nn.Module:
+    """Expand every selected conv/linear weight of ``model`` into a chain of factors, in place.
+
+    With ``init='preserve'`` (default) the model computes exactly what it computed before, so a
+    pretrained model can be fine-tuned; ``init='original'`` draws the factors as the original
+    paper did. The report is in ``model.overparam_report``.
+
+    >>> net = overparameterize(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), depth=3)
+    >>> net.overparam_report.summary()
+    'op: 2 converted, 0 skipped'
+    """
+    types = (types,) if isinstance(types, str) else tuple(types)
+    bad = [t for t in types if t not in _OP_TYPES]
+    if bad or not types:
+        raise ValueError(f"types must be a subset of {list(_OP_TYPES)}, got {list(types)}")
+    options = ExpandOptions(
+        depth=depth,
+        width=width,
+        hidden=hidden,
+        batch_norm=batch_norm,
+        residual=residual,
+        residual_intervals=residual_intervals,
+        learnable_residual=learnable_residual,
+        factor_bias=factor_bias,
+        init=init,
+    )
+    selection = Selection(tuple(include), tuple(exclude), min_params)
+    report = walk(model, "op", _op_candidate(types), selection, _op_apply(options))
+    report.base = getattr(model, "pretrained_cfg", {}).get("architecture")
+    model.overparam_report = report
+    return model
+
+
+def is_expanded(module: nn.Module) -> bool:
+    """True when ``module.weight`` is an expand-and-project chain."""
+    return parametrize.is_parametrized(module, "weight") and isinstance(
+        module.parametrizations.weight[0], ExpandProject
+    )
+
+
+def collapse(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """The stock model: every chain replaced by its effective weight (a copy unless ``inplace``).
+
+    The state_dict keys are those of the unconverted architecture, so it loads with strict=True.
+
+    >>> net = overparameterize(nn.Sequential(nn.Linear(4, 2)), depth=3)
+    >>> list(collapse(net).state_dict())
+    ['0.weight', '0.bias']
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        if is_expanded(module):
+            collapse_module(module)
+    report = model.__dict__.pop("overparam_report", None)
+    cfg = getattr(model, "pretrained_cfg", None)
+    if report is not None and report.base and isinstance(cfg, dict):
+        model.pretrained_cfg = {**cfg, "architecture": report.base}
+        model.default_cfg = model.pretrained_cfg
+    return model

@@ -1,0 +1,219 @@
+"""Exactness of the expand-and-project chain: composed weight, activation chain, solve, cache."""
+
+import copy
+import itertools
+
+import pytest
+import torch
+from conftest import randomize_norm_stats, rel_err
+from torch import nn
+
+from timm_overparam import ExpandOptions, collapse_module, expand_module
+
+CONVS = {
+    "stride2_odd": lambda: nn.Conv2d(6, 6, 3, stride=2, padding=1),
+    "grouped_dilated_nonsquare": lambda: nn.Conv2d(6, 6, (3, 5), stride=(2, 1), padding=(1, 3), dilation=(1, 2), groups=3),
+    "depthwise": lambda: nn.Conv2d(6, 6, 5, padding=2, groups=6),
+    "reflect": lambda: nn.Conv2d(6, 6, 3, padding=1, padding_mode="reflect"),
+    "circular_even": lambda: nn.Conv2d(6, 6, 4, padding=2, padding_mode="circular"),
+    "same_string": lambda: nn.Conv2d(6, 6, 3, padding="same", dilation=2),
+    "pointwise": lambda: nn.Conv2d(6, 6, 1),
+    "expanding_1x1": lambda: nn.Conv2d(6, 12, 1),
+    "no_bias": lambda: nn.Conv2d(6, 6, 3, padding=1, bias=False),
+    "conv1d": lambda: nn.Conv1d(6, 6, 5, stride=2, padding=2),
+    "conv3d": lambda: nn.Conv3d(4, 4, (3, 1, 3), padding=1),
+    "linear": lambda: nn.Linear(6, 6),
+    "linear_expanding": lambda: nn.Linear(6, 14),
+}
+OPTIONS = {
+    "plain3": dict(depth=3),
+    "hidden_out_w2": dict(depth=3, width=2, hidden="out"),
+    "bn": dict(depth=3, batch_norm=True, bn_eps=1e-3),
+    "res_every": dict(depth=2, residual=True, residual_intervals=1),
+    "res_overlap": dict(depth=6, residual=True, residual_intervals=[2, 3]),
+    "res_depth": dict(depth=3, residual=True, residual_intervals=-1),
+    "bn_res": dict(depth=4, batch_norm=True, residual=True, residual_intervals=[1, 2]),
+    "learnable": dict(depth=2, learnable_residual=True),
+    "factor_bias": dict(depth=3, factor_bias=True),
+    "depth1": dict(depth=1),
+}
+
+
+def _input(module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(module, nn.Linear):
+        return torch.randn(3, 5, module.in_features, dtype=dtype)
+    spatial = {1: (33,), 2: (31, 33), 3: (7, 9, 11)}[len(module.kernel_size)]
+    return torch.randn(2, module.in_channels, *spatial, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("opt", list(OPTIONS))
+@pytest.mark.parametrize("kind", list(CONVS))
+def test_collapse_and_chain_are_exact(kind, opt, dtype, tol):
+    module = CONVS[kind]().to(dtype)
+    reference = copy.deepcopy(module)
+    x = _input(module, dtype)
+    chain = expand_module(module, ExpandOptions(**OPTIONS[opt]))
+    module.eval()
+    with torch.no_grad():
+        # the conversion keeps the function
+        assert rel_err(module(x), reference(x)) <= tol
+        randomize_norm_stats(module, eps=1e-3)
+        for w in chain.factors:  # move away from the solved start
+            w.add_(0.1 * torch.randn_like(w))
+        expanded = chain.run_chain(module, x)
+        composed = module(x)
+        assert rel_err(composed, expanded) <= tol
+        collapse_module(module)
+        assert not hasattr(module, "parametrizations")
+        assert rel_err(module(x), expanded) <= tol
+    assert set(module.state_dict()) == set(reference.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["grouped_dilated_nonsquare", "linear", "expanding_1x1"])
+@pytest.mark.parametrize("opt", ["plain3", "res_overlap", "factor_bias", "learnable"])
+def test_chain_and_composed_give_the_same_gradients(kind, opt):
+    module = CONVS[kind]().double()
+    chain = expand_module(module, ExpandOptions(**OPTIONS[opt]))
+    module.train()
+    x = _input(module, torch.float64)
+    grads = []
+    for run in (lambda: chain.run_chain(module, x), lambda: type(module).forward(module, x)):
+        module.zero_grad()
+        (run() ** 2).sum().backward()
+        grads.append([p.grad.clone() for p in module.parameters()])
+    for g_chain, g_composed in zip(*grads):
+        assert rel_err(g_chain, g_composed) <= 1e-10
+
+
+def test_batch_norm_chain_uses_batch_statistics_in_training():
+    module = nn.Conv2d(4, 4, 3, padding=1)
+    chain = expand_module(module, ExpandOptions(depth=2, batch_norm=True))
+    module.train()
+    x = torch.randn(8, 4, 9, 9) * 3 + 1
+    y = module(x)
+    inner = chain.factors[0]
+    hidden = torch.nn.functional.conv2d(x, inner, padding=1)
+    assert chain.prefers_chain(module, x.shape)
+    # the first batch-norm saw the batch: its running mean moved towards the batch mean
+    expected = 0.1 * hidden.mean(dim=(0, 2, 3))
+    assert torch.allclose(chain.norms[0].running_mean, expected.detach(), atol=1e-5)
+    assert y.shape == (8, 4, 9, 9)
+
+
+def test_eval_cache_never_serves_stale_weights():
+    from timm.utils import ModelEmaV3
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(1, 3, 6, 6))
+    for m in (model[0], model[2]):
+        expand_module(m, ExpandOptions(depth=3))
+    x = torch.randn(2, 3, 6, 6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+
+    def fresh():
+        chain = model[0].parametrizations.weight[0]
+        bias = model[0].bias
+        return torch.nn.functional.conv2d(x.to(bias.dtype), chain.compose(), bias)
+
+    model.eval()
+    with torch.no_grad():
+        first = model[0](x)
+        assert torch.equal(model[0](x), first)  # served from the cache
+    # optimizer step
+    model.train()
+    model(x).sum().backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model[0](x), first)
+        assert torch.allclose(model[0](x), fresh(), atol=1e-6)
+        # load_state_dict
+        state = copy.deepcopy(model.state_dict())
+        for v in state.values():
+            v.mul_(0.5) if v.is_floating_point() else None
+        model.load_state_dict(state)
+        assert torch.allclose(model[0](x), fresh(), atol=1e-6)
+        # EMA update of a copy
+        ema = ModelEmaV3(model, decay=0.5)
+        before = ema.module[0](x).clone()
+        for p in model.parameters():
+            p.add_(1.0)
+        ema.update(model)
+        ema_chain = ema.module[0].parametrizations.weight[0]
+        after = ema.module[0](x)
+        assert not torch.allclose(after, before)
+        expected = torch.nn.functional.conv2d(x, ema_chain.compose(), ema.module[0].bias)
+        assert torch.allclose(after, expected, atol=1e-5)
+        # .to()
+        model.double()
+        assert model[0](x.double()).dtype == torch.float64
+        assert torch.allclose(model[0](x.double()), fresh(), atol=1e-6)
+
+
+def test_weight_and_bias_are_never_stale_and_assignment_solves():
+    module = nn.Linear(5, 5)
+    chain = expand_module(module, ExpandOptions(depth=3, factor_bias=True, batch_norm=True))
+    module.train()
+    module(torch.randn(4, 5)).sum().backward()
+    with torch.no_grad():
+        chain.factors[1].mul_(2)
+    assert torch.allclose(module.weight, chain.compose())
+    target_w, target_b = torch.randn(5, 5), torch.randn(5)
+    module.weight = target_w
+    module.bias = target_b
+    assert torch.allclose(module.weight, target_w, atol=1e-6)
+    assert torch.allclose(module.bias, target_b, atol=1e-6)
+
+
+def test_multihead_attention_out_proj_factors_get_gradients():
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+    expand_module(mha.out_proj, ExpandOptions(depth=3))
+    x = torch.randn(2, 5, 8)
+    mha(x, x, x)[0].sum().backward()
+    for w in mha.out_proj.parametrizations.weight[0].factors:
+        assert w.grad is not None and w.grad.abs().sum() > 0
+
+
+def test_original_init_statistics():
+    module = nn.Linear(256, 256)
+    chain = expand_module(module, ExpandOptions(depth=3, init="original"))
+    stds = [w.std().item() for w in chain.factors]
+    assert stds[0] == pytest.approx(1 / 16, rel=0.05)
+    assert stds[2] == pytest.approx(2**0.5 / 16, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(depth=0), "depth must be an integer >= 1"),
+        (dict(width=0), "width must be a number > 0"),
+        (dict(width=-1.0), "width must be a number > 0"),
+        (dict(hidden="max"), "hidden must be"),
+        (dict(residual=True, residual_intervals=[0]), "residual_intervals"),
+        (dict(init="zeros"), "init must be"),
+    ],
+)
+def test_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ExpandOptions(**kwargs)
+
+
+def test_bad_kernel_sizes_and_modules():
+    with pytest.raises(ValueError, match=r"compose to a \(5, 5\) kernel but the module's kernel is \(3, 3\)"):
+        expand_module(nn.Conv2d(2, 2, 3), ExpandOptions(depth=2), kernel_sizes=[3, 3])
+    with pytest.raises(TypeError, match="ConvTranspose2d has no conv/linear weight"):
+        expand_module(nn.ConvTranspose2d(2, 2, 3), ExpandOptions())
+    with pytest.raises(ValueError, match="too small to represent"):
+        expand_module(nn.Linear(8, 8), ExpandOptions(width=0.5))
+
+
+@pytest.mark.parametrize("depth,width", itertools.product([2, 8], [1, 2]))
+def test_deep_float32_chain_is_exact(depth, width):
+    module = nn.Conv2d(16, 16, 3, padding=1)
+    reference = copy.deepcopy(module)
+    expand_module(module, ExpandOptions(depth=depth, width=width))
+    x = torch.randn(2, 16, 11, 11)
+    module.eval()
+    with torch.no_grad():
+        assert rel_err(module(x), reference(x)) <= 1e-5

@@ -12,7 +12,9 @@ from timm_overparam import ExpandOptions, collapse_module, expand_module
 
 CONVS = {
     "stride2_odd": lambda: nn.Conv2d(6, 6, 3, stride=2, padding=1),
-    "grouped_dilated_nonsquare": lambda: nn.Conv2d(6, 6, (3, 5), stride=(2, 1), padding=(1, 3), dilation=(1, 2), groups=3),
+    "grouped_dilated_nonsquare": lambda: nn.Conv2d(
+        6, 6, (3, 5), stride=(2, 1), padding=(1, 3), dilation=(1, 2), groups=3
+    ),
     "depthwise": lambda: nn.Conv2d(6, 6, 5, padding=2, groups=6),
     "reflect": lambda: nn.Conv2d(6, 6, 3, padding=1, padding_mode="reflect"),
     "circular_even": lambda: nn.Conv2d(6, 6, 4, padding=2, padding_mode="circular"),
@@ -82,7 +84,7 @@ def test_chain_and_composed_give_the_same_gradients(kind, opt):
         module.zero_grad()
         (run() ** 2).sum().backward()
         grads.append([p.grad.clone() for p in module.parameters()])
-    for g_chain, g_composed in zip(*grads):
+    for g_chain, g_composed in zip(*grads, strict=True):
         assert rel_err(g_chain, g_composed) <= 1e-10
 
 

@@ -351,7 +351,9 @@ class ExpandProject(nn.Module):
         nd, g = len(self.layout.kernel), self.layout.groups
         conv = _CONV_FN[nd]
         w0 = self.factors[0]
-        ident = torch.zeros(self.sizes[0], self.layout.in_per_group, *([1] * nd), dtype=w0.dtype, device=w0.device)
+        ident = torch.zeros(
+            self.sizes[0], self.layout.in_per_group, *([1] * nd), dtype=w0.dtype, device=w0.device
+        )
         rows = torch.arange(self.sizes[0], device=w0.device)
         ident[rows, rows % self.layout.in_per_group] = 1
         nodes = [ident]
@@ -447,7 +449,11 @@ class ExpandProject(nn.Module):
                 "use kernel_sizes=[k, 1, ..., 1] or init='original'"
             )
         lay, d = self.layout, self.options.depth
-        if min(self.sizes[1:]) < lay.out and self.sizes[d - 1] < lay.groups * lay.fan_in and self.gate is None:
+        if (
+            min(self.sizes[1:]) < lay.out
+            and self.sizes[d - 1] < lay.groups * lay.fan_in
+            and self.gate is None
+        ):
             raise ValueError(
                 f"hidden size {self.hidden} is too small to represent a {tuple(weight.shape)} "
                 "weight exactly; use width >= 1 or init='original'"
@@ -505,8 +511,16 @@ class ExpandProject(nn.Module):
         lay = self.layout
         w0 = self.factors[0]
         node0 = _dirac(lay, lay.kernel, w0.dtype, w0.device)
-        node1 = node0 if 1 in self.intervals else torch.zeros(
-            *(1,) * len(lay.experts), lay.groups, self.sizes[1] // lay.groups, node0.shape[-1], dtype=w0.dtype
+        node1 = (
+            node0
+            if 1 in self.intervals
+            else torch.zeros(
+                *(1,) * len(lay.experts),
+                lay.groups,
+                self.sizes[1] // lay.groups,
+                node0.shape[-1],
+                dtype=w0.dtype,
+            )
         )
         return [node0, node1]
 
@@ -598,7 +612,11 @@ class ExpandProject(nn.Module):
                 pad = first_pad if i == 0 else 0
                 y = conv(nodes[i], w, b, stride, pad, module.dilation, self.layout.groups)
             if self.norms is not None:
-                y = self.norms[i](y.reshape(-1, y.shape[-1])).reshape(y.shape) if nd == 0 else self.norms[i](y)
+                y = (
+                    self.norms[i](y.reshape(-1, y.shape[-1])).reshape(y.shape)
+                    if nd == 0
+                    else self.norms[i](y)
+                )
             for n in self.intervals:
                 if (i + 1) % n == 0:
                     y = y + self._crop(module, nodes[i + 1 - n], i + 1 - n, i + 1, y.shape)

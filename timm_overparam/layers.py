@@ -18,7 +18,10 @@ from timm_overparam.expand import ExpandOptions, expand_module
 def _kernel_list(kernel_sizes: int | Sequence[Any], depth: int | None, nd: int) -> list[tuple[int, ...]]:
     """``k`` -> ``[k, 1, ..., 1]`` (depth entries); a list sets the depth."""
     if isinstance(kernel_sizes, int) or (
-        isinstance(kernel_sizes, tuple) and all(isinstance(k, int) for k in kernel_sizes) and len(kernel_sizes) == nd and nd > 1
+        isinstance(kernel_sizes, tuple)
+        and all(isinstance(k, int) for k in kernel_sizes)
+        and len(kernel_sizes) == nd
+        and nd > 1
     ):
         depth = 2 if depth is None else depth
         if not isinstance(depth, int) or depth < 1:
@@ -65,7 +68,15 @@ class OverparamLinear(_Overparam, nn.Linear):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, *, depth: int = 2, device=None, dtype=None, **options: Any
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        depth: int = 2,
+        device=None,
+        dtype=None,
+        **options: Any,
     ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self._expand(in_features, out_features, None, depth=depth, **options)
@@ -94,7 +105,17 @@ class _OverparamConvNd(_Overparam):
         sizes = _kernel_list(kernel_sizes, depth, self._nd)
         kernel = tuple(sum(k[i] for k in sizes) - len(sizes) + 1 for i in range(self._nd))
         super().__init__(
-            in_channels, out_channels, kernel, stride, padding, dilation, groups, bias, padding_mode, device=device, dtype=dtype
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device=device,
+            dtype=dtype,
         )
         self._expand(in_channels, out_channels, sizes, depth=len(sizes), **options)
 

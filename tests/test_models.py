@@ -107,6 +107,7 @@ def test_any_torch_model_include_exclude_and_report():
     net.add_module("flat", nn.Flatten())
     net.add_module("head", nn.Linear(8, 2))
     net.add_module("tiny", nn.Linear(2, 2))
+    net.add_module("lazy", nn.LazyLinear(2))
     overparameterize(net, depth=3, include=["*"], exclude=["head*"], min_params=10)
     report = net.overparam_report
     assert list(report.converted) == ["stem"]
@@ -114,6 +115,7 @@ def test_any_torch_model_include_exclude_and_report():
         "up": "transposed convolutions are not expanded",
         "head": "excluded by pattern 'head*'",
         "tiny": "6 parameters < min_params=10",
+        "lazy": "lazy module not initialised: run one forward pass before converting",
     }
     assert "stem: depth 3" in str(report)
 

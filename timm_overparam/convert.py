@@ -114,6 +114,8 @@ def _op_candidate(types: Sequence[str]) -> Callable[[nn.Module], str | bool]:
     def candidate(module: nn.Module) -> str | bool:
         if isinstance(module, nn.modules.conv._ConvNd) and module.transposed:
             return "transposed convolutions are not expanded" if "conv" in types else False
+        if isinstance(getattr(module, "weight", None), nn.parameter.UninitializedParameter):
+            return "lazy module not initialised: run one forward pass before converting"
         layout = layout_of(module)
         if layout is None:
             return False

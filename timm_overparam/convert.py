@@ -141,11 +141,11 @@ def _op_apply(options: ExpandOptions) -> Callable[[str, nn.Module], str]:
         if options.batch_norm:
             if chain.norms is not None:
                 parts.append("batch_norm")
-            elif not chain.chain:
+            elif not chain.chain_capable:
                 parts.append(f"no batch_norm ({type(module).__name__} has its own forward)")
             else:
                 parts.append("no batch_norm (module has no bias to fold the shift into)")
-        parts.append("chain" if chain.chain else "composed")
+        parts.append("chain" if chain.chain_capable else "composed")
         return ", ".join(parts)
 
     return apply

@@ -139,12 +139,12 @@ def _orthogonal_(mats: Tensor) -> None:
     mats.copy_(q.reshape(mats.shape).to(mats.dtype))
 
 
-def _dirac(layout: Layout, kernel: tuple[int, ...], dtype, device) -> Tensor:
+def _dirac(layout: Layout, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Identity map of a node-0 input as a grouped matrix (g, in/g, in/g * prod(kernel))."""
     g, c = layout.groups, layout.in_per_group
-    taps = math.prod(kernel)
+    taps = math.prod(layout.kernel)
     centre = 0
-    for k in kernel:  # row-major index of the centre tap
+    for k in layout.kernel:  # row-major index of the centre tap
         centre = centre * k + (k - 1) // 2
     eye = torch.zeros(g, c, c * taps, dtype=dtype, device=device)
     idx = torch.arange(c, device=device)
@@ -198,9 +198,8 @@ class ExpandProject(nn.Module):
         self.hidden = self._hidden_size(layout, options)
         sizes = [layout.inputs] + [self.hidden] * (d - 1) + [layout.out]
         self.sizes = sizes
-        self.intervals = self._valid_intervals(options, sizes, layout)
-        self.chain = chain
-        self.batch_norm = options.batch_norm and chain and has_bias
+        self.intervals = self._valid_intervals(options, sizes)
+        self.chain_capable = chain
         # stride/padding sit on the first factor when the rest are 1x1, else on the last
         self.stride_factor = 0 if self.matrix_form else d - 1
         kw = dict(dtype=dtype, device=device)
@@ -218,7 +217,7 @@ class ExpandProject(nn.Module):
                 _BN_CLS[nd](sizes[i + 1], eps=options.bn_eps, momentum=options.bn_momentum, **kw)
                 for i in range(d)
             )
-            if self.batch_norm
+            if options.batch_norm and chain and has_bias
             else None
         )
         self.gate = (
@@ -238,7 +237,9 @@ class ExpandProject(nn.Module):
         g = layout.groups
         return max(g, math.ceil(int(side * options.width) / g) * g)
 
-    def _valid_intervals(self, options: ExpandOptions, sizes: list[int], layout: Layout) -> tuple[int, ...]:
+    @staticmethod
+    def _valid_intervals(options: ExpandOptions, sizes: list[int]) -> tuple[int, ...]:
+        """The residual intervals whose every link joins nodes of equal size."""
         ok = []
         for n in options.intervals:
             targets = [i for i in range(n, options.depth + 1) if i % n == 0]
@@ -337,7 +338,7 @@ class ExpandProject(nn.Module):
         """Grouped-matrix maps from the input to nodes 0..stop (matrix form only)."""
         w0 = self.factors[0]
         first = self._grouped(w0)
-        nodes = [_dirac(self.layout, self.layout.kernel, w0.dtype, w0.device)] if self.intervals else [None]
+        nodes = [_dirac(self.layout, w0.dtype, w0.device)] if self.intervals else [None]
         bn = self._bn_affine(0)
         if bn is not None:
             first = first * bn[0].reshape(self.layout.groups, -1, 1)
@@ -510,7 +511,7 @@ class ExpandProject(nn.Module):
     def _skip_only_start(self) -> list[Tensor]:
         lay = self.layout
         w0 = self.factors[0]
-        node0 = _dirac(lay, lay.kernel, w0.dtype, w0.device)
+        node0 = _dirac(lay, w0.dtype, w0.device)
         node1 = (
             node0
             if 1 in self.intervals
@@ -718,7 +719,7 @@ def expand_module(
     if has_bias and (chain.biases is not None or chain.norms is not None):
         parametrize.register_parametrization(module, "bias", ExpandProjectBias(chain))
     chain.solve_on_assign = chain.matrix_form
-    if chain.chain:
+    if chain.chain_capable:
         module.forward = MethodType(_expanded_forward, module)
     module.reparameterize = MethodType(collapse_module, module)
     return chain

@@ -1,0 +1,252 @@
+"""Over-parameterized vs stock timm models on the CPU: train step, peak memory, eval, collapse.
+
+Run (about 10 minutes on 2 cores with the defaults)::
+
+    HF_HUB_OFFLINE=1 python benchmarks/train_step.py --threads 2 --repeats 10
+
+    HF_HUB_OFFLINE=1 python benchmarks/train_step.py --only resnet18_b32_64 --repeats 20
+
+Every timing is a RATIO measured in one process: the expanded model and its stock model are built
+with the same seed (``init='preserve'``: they compute the same function), warmed up, then timed
+round-robin, one step of each per round with the order alternating between rounds, so that load
+from other processes falls on both alike. ``ratio`` is median(expanded) / median(stock); the
+detail column also gives the median of the per-round ratios (``paired``), which tracks ``ratio``
+on a quiet machine and is the more trustworthy of the two on a busy one. Absolute times are shown
+only as context.
+
+A train step is ``zero_grad(set_to_none=True)``, forward, cross-entropy, backward and
+``SGD(momentum=0.9).step()``.
+
+Peak training memory is counted exactly, not sampled: the profiler's memory events
+(``profile_memory=True``) report every allocation and release of PyTorch's CPU allocator, so the
+running sum over one step, started with the gradients set to None, is the step's transient peak
+(activations, composed weights, gradients, optimizer temporaries). Added to it is the state that
+lives across steps (parameters, buffers, SGD momentum), summed from the tensors. Each model is
+measured in a fresh ``spawn`` subprocess so that no allocation outside the profiled step is ever
+paired with a release inside it. Allocations made outside PyTorch's allocator (oneDNN scratch
+memory) are not counted, for either model. The floor of an expanded model is the stock peak plus
+three copies (parameter, gradient, momentum) of the parameters it adds; what it uses above that
+floor is its activation overhead, reported as a fraction of the stock peak.
+
+Cases (``--only NAME``):
+
+- ``resnet18_b32_64``, ``resnet18_b16_224``, ``vit_tiny_b8_224``: train step ``<arch>_op3 / <arch>``.
+- ``memory``: resnet18_op3 with ``op_hidden`` 'min' and 'out' at both resnet18 shapes.
+- ``eval_resnet50``: ``no_grad`` eval forward of resnet50_op3 / resnet50, batch 8, 224x224.
+- ``collapse_resnet50``: seconds for ``timm_overparam.collapse(resnet50_op4)`` (a copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing
+import os
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import timm_overparam
+
+
+@dataclass
+class Result:
+    """One table line."""
+
+    case: str
+    value: float
+    target: str
+    ok: bool
+    detail: str = ""
+
+
+def make_model(name: str, seed: int = 0, **kwargs) -> nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model(name, **kwargs)
+
+
+def batch(size: int, image: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(size, 3, image, image, generator=gen), torch.randint(0, 1000, (size,), generator=gen)
+
+
+def sgd(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def round_robin(fns: list[Callable[[], None]], warmup: int, repeats: int) -> list[list[float]]:
+    """Seconds per call of each fn, the fns called in turn (order alternating each round)."""
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(warmup + repeats):
+        order = list(range(len(fns)))
+        if r % 2:
+            order.reverse()
+        for i in order:
+            t0 = time.perf_counter()
+            fns[i]()
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[i].append(dt)
+    return times
+
+
+def ratio_result(case: str, times: list[list[float]], limit: float, lower: float | None = None) -> Result:
+    """times = [expanded, stock]: ratio of medians against ``<= limit`` (or ``lower..limit``)."""
+    med_op, med_base = statistics.median(times[0]), statistics.median(times[1])
+    value = med_op / med_base
+    paired = statistics.median(a / b for a, b in zip(times[0], times[1]))
+    if lower is None:
+        target, ok = f"<= {limit:.2f}", value <= limit
+    else:
+        target, ok = f"{lower:.2f}..{limit:.2f}", lower <= value <= limit
+    spread = (max(times[1]) - min(times[1])) / med_base
+    detail = (
+        f"paired {paired:.3f}; op {med_op * 1e3:.0f} ms / stock {med_base * 1e3:.0f} ms; "
+        f"{len(times[0])} reps, stock spread {spread:.0%}"
+    )
+    return Result(case, value, target, ok, detail)
+
+
+def train_case(case: str, arch: str, size: int, image: int, limit: float, args) -> list[Result]:
+    x, y = batch(size, image)
+    fns = []
+    for name in (f"{arch}_op3", arch):
+        model = make_model(name).train()
+        opt = sgd(model)
+        fns.append(lambda m=model, o=opt: train_step(m, o, x, y))
+    return [ratio_result(case, round_robin(fns, args.warmup, args.repeats), limit)]
+
+
+def case_resnet18_b32_64(args) -> list[Result]:
+    return train_case("resnet18_b32_64", "resnet18", 32, 64, 1.20, args)
+
+
+def case_resnet18_b16_224(args) -> list[Result]:
+    return train_case("resnet18_b16_224", "resnet18", 16, 224, 1.10, args)
+
+
+def case_vit_tiny_b8_224(args) -> list[Result]:
+    return train_case("vit_tiny_b8_224", "vit_tiny_patch16_224", 8, 224, 1.10, args)
+
+
+def case_eval_resnet50(args) -> list[Result]:
+    x, _ = batch(8, 224)
+    fns = []
+    for name in ("resnet50_op3", "resnet50"):
+        model = make_model(name).eval()
+
+        def forward(m=model) -> None:
+            with torch.no_grad():
+                m(x)
+
+        fns.append(forward)
+    return [ratio_result("eval_resnet50", round_robin(fns, args.warmup, args.repeats), 1.03, lower=0.97)]
+
+
+def case_collapse_resnet50(args) -> list[Result]:
+    model = make_model("resnet50_op4")
+    times = round_robin([lambda: timm_overparam.collapse(model)], 1, max(3, args.repeats // 2))[0]
+    value = statistics.median(times)
+    detail = f"median of {len(times)}, min {min(times):.3f} s, max {max(times):.3f} s"
+    return [Result("collapse_resnet50", value, "< 1 s", value < 1.0, detail)]
+
+
+# ------------------------------------------------------------------------------------------ memory
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def peak_train_memory(name: str, hidden: str | None, size: int, image: int, threads: int) -> dict:
+    """Peak bytes of one train step (run in a fresh subprocess), with the parameter count."""
+    torch.set_num_threads(threads)
+    kwargs = {} if hidden is None else {"op_hidden": hidden}
+    model = make_model(name, **kwargs).train()
+    opt = sgd(model)
+    x, y = batch(size, image)
+    train_step(model, opt, x, y)  # creates the momentum buffers, fixes the chain/composed choices
+    opt.zero_grad(set_to_none=True)
+    state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    persistent = _tensor_bytes(model.parameters()) + _tensor_bytes(model.buffers()) + _tensor_bytes(state)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        train_step(model, opt, x, y)
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
+    transient = max(itertools.accumulate(n for _, n in events), default=0)
+    params = sum(p.numel() for p in model.parameters())
+    return {"params": params, "peak": persistent + transient}
+
+
+def measure_in_subprocess(*job) -> dict:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(peak_train_memory, *job).result()
+
+
+def case_memory(args) -> list[Result]:
+    results = []
+    for size, image in ((32, 64), (16, 224)):
+        base = measure_in_subprocess("resnet18", None, size, image, args.threads)
+        for hidden in ("min", "out"):
+            op = measure_in_subprocess("resnet18_op3", hidden, size, image, args.threads)
+            extra = op["params"] - base["params"]
+            floor = base["peak"] + 3 * 4 * extra  # fp32 parameter + gradient + momentum
+            overhead = (op["peak"] - floor) / base["peak"]
+            detail = (
+                f"params x{op['params'] / base['params']:.3f}, peak x{op['peak'] / base['peak']:.3f} "
+                f"({op['peak'] / 2**20:.0f} / {base['peak'] / 2**20:.0f} MiB), "
+                f"floor {floor / 2**20:.0f} MiB"
+            )
+            case = f"memory_{hidden}_b{size}_{image}"
+            results.append(Result(case, overhead, "< 0.05", overhead < 0.05, detail))
+    return results
+
+
+CASES: dict[str, Callable[[argparse.Namespace], list[Result]]] = {
+    "resnet18_b32_64": case_resnet18_b32_64,
+    "resnet18_b16_224": case_resnet18_b16_224,
+    "vit_tiny_b8_224": case_vit_tiny_b8_224,
+    "memory": case_memory,
+    "eval_resnet50": case_eval_resnet50,
+    "collapse_resnet50": case_collapse_resnet50,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=sorted(CASES), action="append", help="run only this case (repeatable)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds per case after warm-up")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    args = parser.parse_args()
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, {args.repeats} repeats")
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"note: load average {load:.1f} before starting: other processes share the CPU")
+    print(f"{'case':24s} {'value':>7s}  {'target':10s} {'result':6s} detail", flush=True)
+    for name in args.only or list(CASES):
+        for r in CASES[name](args):
+            result = "PASS" if r.ok else "MISS"
+            print(f"{r.case:24s} {r.value:7.3f}  {r.target:10s} {result:6s} {r.detail}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

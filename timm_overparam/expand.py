@@ -470,6 +470,8 @@ class ExpandProject(nn.Module):
                     for w in self.factors:
                         w.mul_(0.5)
                 self._solve_for(target)
+                if not self.intervals and self.norms is None:
+                    break  # a product of orthogonal factors: the solve is well conditioned
                 err = (self.compose() - target).abs().max() / target.abs().max().clamp_min(1e-300)
                 if err < 1e-9:
                     break
@@ -502,7 +504,8 @@ class ExpandProject(nn.Module):
             target = target - self._propagate(self._skip_only_start(), 1, len(self.factors))[-1]
         # minimum-norm solution of transfer @ X = target (transfer has full row rank)
         gram = transfer @ transfer.transpose(-2, -1)
-        solved = transfer.transpose(-2, -1) @ torch.cholesky_solve(target, torch.linalg.cholesky(gram))
+        pinv = transfer.transpose(-2, -1) @ torch.cholesky_inverse(torch.linalg.cholesky(gram))
+        solved = pinv @ target
         bn = self._bn_affine(0)
         if bn is not None:
             solved = solved / bn[0].reshape(g, -1, 1)
@@ -535,8 +538,8 @@ class ExpandProject(nn.Module):
             rhs = rhs / bn[0].reshape(g, -1, 1)
         m = nodes[d - 1]  # full column rank: solved = rhs @ pinv(m)
         gram = m.transpose(-2, -1) @ m
-        x = torch.cholesky_solve(rhs.transpose(-2, -1), torch.linalg.cholesky(gram)).transpose(-2, -1)
-        solved = x @ m.transpose(-2, -1)
+        pinv = torch.cholesky_inverse(torch.linalg.cholesky(gram)) @ m.transpose(-2, -1)
+        solved = rhs @ pinv
         self.factors[-1].copy_(solved.reshape(self.factors[-1].shape))
 
     # ---------------------------------------------------------------- activation-space chain

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -17,7 +17,7 @@ _OP_TYPES = ("conv", "linear")
 
 @dataclass
 class ConversionReport:
-    """What a conversion did: converted modules (with details) and skipped ones (with the reason).
+    """What a conversion did: converted modules or tensors (with details), skipped ones (with why).
 
     >>> r = ConversionReport("op", converted={"fc": "depth 3"}, skipped={"head": "excluded by 'head*'"})
     >>> r.summary()
@@ -42,9 +42,9 @@ class ConversionReport:
 
 @dataclass(frozen=True)
 class Selection:
-    """Which modules a conversion touches: name patterns (fnmatch), kinds and a minimum size.
+    """Which modules or tensors a conversion touches: name patterns (fnmatch) and a minimum size.
 
-    >>> Selection(exclude=("head*",)).skip_reason("head.fc", nn.Linear(2, 2))
+    >>> Selection(exclude=("head*",)).skip_reason("head.fc", numel=6)
     "excluded by pattern 'head*'"
     """
 
@@ -63,46 +63,87 @@ class Selection:
         if not isinstance(self.min_params, int) or self.min_params < 0:
             raise ValueError(f"min_params must be an integer >= 0, got {self.min_params!r}")
 
-    def skip_reason(self, name: str, module: nn.Module) -> str | None:
-        """Why ``module`` is left alone, or None when it is selected."""
+    def skip_reason(self, name: str, numel: int) -> str | None:
+        """Why the module or tensor ``name`` (``numel`` parameters) is left alone, or None."""
         if not any(fnmatch.fnmatchcase(name, p) for p in self.include):
             return f"not matched by include {list(self.include)}"
         for p in self.exclude:
             if fnmatch.fnmatchcase(name, p):
                 return f"excluded by pattern {p!r}"
-        size = sum(p.numel() for p in module.parameters(recurse=False))
-        if size < self.min_params:
-            return f"{size} parameters < min_params={self.min_params}"
+        if numel < self.min_params:
+            return f"{numel} parameters < min_params={self.min_params}"
         return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a conversion visits: a module, or one parameter ``tensor`` of it (``name`` ends with it).
+
+    >>> Target("fc.bias", nn.Linear(2, 3), "bias").numel
+    3
+    """
+
+    name: str
+    module: nn.Module
+    tensor: str | None = None
+
+    @property
+    def numel(self) -> int:
+        """Parameters of the tensor, or of the module itself (not its children)."""
+        if self.tensor is not None:
+            return self.module._parameters[self.tensor].numel()
+        return sum(p.numel() for p in self.module.parameters(recurse=False))
+
+
+def _targets(model: nn.Module, tensors: bool) -> Iterator[Target]:
+    """Every module (or every parameter of every module), parametrizations' insides left out."""
+    inside: list[str] = []
+    for name, module in model.named_modules():
+        if any(name == p or name.startswith(p + ".") for p in inside):
+            continue
+        if parametrize.is_parametrized(module):
+            inside.append(f"{name}.parametrizations" if name else "parametrizations")
+        if not tensors:
+            yield Target(name, module)
+            continue
+        names = [t for t, p in module._parameters.items() if p is not None]
+        if parametrize.is_parametrized(module):
+            names += list(module.parametrizations)
+        for t in names:
+            yield Target(f"{name}.{t}" if name else t, module, t)
 
 
 def walk(
     model: nn.Module,
     family: str,
-    candidate: Callable[[nn.Module], str | bool],
+    candidate: Callable[[Target], str | bool],
     selection: Selection,
-    apply: Callable[[str, nn.Module], str],
+    apply: Callable[[Target], str],
+    tensors: bool = False,
 ) -> ConversionReport:
-    """Visit every module once; convert candidates that the selection keeps; report the rest.
+    """Visit every module (or, with ``tensors``, every parameter) once; convert what is selected.
 
     ``candidate`` returns True, False (not this family's business) or a reason it cannot be
-    converted; ``apply`` converts one module and returns a detail line (or raises ``Skip``).
+    converted; ``apply`` converts one target and returns a detail line (or raises ``Skip``).
     """
-    report = ConversionReport(family)
-    for name, module in list(model.named_modules()):
-        verdict = candidate(module)
+    report = ConversionReport(family, base=(getattr(model, "pretrained_cfg", None) or {}).get("architecture"))
+    for target in list(_targets(model, tensors)):
+        verdict = candidate(target)
         if verdict is False:
             continue
-        reason = verdict if isinstance(verdict, str) else selection.skip_reason(name, module)
-        if reason is None and parametrize.is_parametrized(module):
+        if isinstance(verdict, str):
+            reason = verdict
+        elif parametrize.is_parametrized(target.module, target.tensor):
             reason = "already parametrized"
+        else:
+            reason = selection.skip_reason(target.name, target.numel)
         if reason is None:
             try:
-                report.converted[name] = apply(name, module)
+                report.converted[target.name] = apply(target)
                 continue
             except Skip as e:
                 reason = str(e)
-        report.skipped[name] = reason
+        report.skipped[target.name] = reason
     return report
 
 
@@ -110,8 +151,9 @@ class Skip(Exception):
     """Raised by a family's ``apply`` when one module cannot be converted (with the reason)."""
 
 
-def _op_candidate(types: Sequence[str]) -> Callable[[nn.Module], str | bool]:
-    def candidate(module: nn.Module) -> str | bool:
+def _op_candidate(types: Sequence[str]) -> Callable[[Target], str | bool]:
+    def candidate(target: Target) -> str | bool:
+        module = target.module
         if isinstance(module, nn.modules.conv._ConvNd) and module.transposed:
             return "transposed convolutions are not expanded" if "conv" in types else False
         if isinstance(getattr(module, "weight", None), nn.parameter.UninitializedParameter):
@@ -129,8 +171,9 @@ def _op_candidate(types: Sequence[str]) -> Callable[[nn.Module], str | bool]:
     return candidate
 
 
-def _op_apply(options: ExpandOptions) -> Callable[[str, nn.Module], str]:
-    def apply(name: str, module: nn.Module) -> str:
+def _op_apply(options: ExpandOptions) -> Callable[[Target], str]:
+    def apply(target: Target) -> str:
+        module = target.module
         try:
             chain = expand_module(module, options)
         except ValueError as e:
@@ -194,9 +237,7 @@ def overparameterize(
         init=init,
     )
     selection = Selection(tuple(include), tuple(exclude), min_params)
-    report = walk(model, "op", _op_candidate(types), selection, _op_apply(options))
-    report.base = getattr(model, "pretrained_cfg", {}).get("architecture")
-    model.overparam_report = report
+    model.overparam_report = walk(model, "op", _op_candidate(types), selection, _op_apply(options))
     return model
 
 
@@ -221,9 +262,19 @@ def collapse(model: nn.Module, inplace: bool = False) -> nn.Module:
     for module in list(model.modules()):
         if is_expanded(module):
             collapse_module(module)
+    restore_base_cfg(model)
+    return model
+
+
+def restore_base_cfg(model: nn.Module) -> None:
+    """Drop the conversion's report from ``model``; its pretrained_cfg names the base architecture again.
+
+    >>> net = overparameterize(nn.Sequential(nn.Linear(4, 2)))
+    >>> restore_base_cfg(net); hasattr(net, "overparam_report")
+    False
+    """
     report = model.__dict__.pop("overparam_report", None)
     cfg = getattr(model, "pretrained_cfg", None)
     if report is not None and report.base and isinstance(cfg, dict):
         model.pretrained_cfg = {**cfg, "architecture": report.base}
         model.default_cfg = model.pretrained_cfg
-    return model

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from timm_overparam.unparametrize import unparametrize
+
 Hidden = Literal["out", "min"]
 Init = Literal["preserve", "original"]
 
@@ -735,19 +737,9 @@ def collapse_module(module: nn.Module) -> None:
     module as ``reparameterize()``, so ``timm.utils.reparameterize_model`` collapses it too.
     """
     chain = module.parametrizations.weight[0]
-    requires_grad = chain.factors[0].requires_grad
     chain.eval()
-    # parametrize keeps its properties on a class that deep copies share: removing them from a
-    # copy's class would strip the original too, so give this module a class of its own first
-    cls = type(module)
-    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-    with torch.no_grad():
-        for name in ("bias", "weight"):  # the bias parametrization reads the weight's chain
-            if parametrize.is_parametrized(module, name):
-                value = getattr(module, name)
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-                if name in module._buffers:  # a tensor parametrized by a sequence comes back as a buffer
-                    del module._buffers[name]
-                    module.register_parameter(name, nn.Parameter(value, requires_grad=requires_grad))
+    # the bias parametrization reads the weight's chain: bias first
+    names = [n for n in ("bias", "weight") if parametrize.is_parametrized(module, n)]
+    unparametrize(module, names, requires_grad=chain.factors[0].requires_grad)
     for attr in ("forward", "reparameterize"):
         module.__dict__.pop(attr, None)

@@ -1,27 +1,52 @@
 """timm_overparam: over-parameterize any timm model for training, collapse it back for inference.
 
-``import timm_overparam`` registers ``<arch>_op2/_op3/_op4`` for every timm architecture.
+``import timm_overparam`` registers ``<arch>_op2/_op3/_op4`` and ``<arch>_line/_curve/_simplex``
+for every timm architecture.
 """
 
+from timm_overparam.bn import BNStats, current_bn_stats, load_bn_stats, recalibrate_bn
 from timm_overparam.convert import ConversionReport, collapse, is_expanded, overparameterize
 from timm_overparam.expand import ExpandOptions, ExpandProject, collapse_module, expand_module
 from timm_overparam.layers import OverparamConv1d, OverparamConv2d, OverparamLinear
 from timm_overparam.models import op as _op_models  # noqa: F401  (registers the entrypoints)
+from timm_overparam.models import subspace as _subspace_models  # noqa: F401
 from timm_overparam.registry import register_architecture
+from timm_overparam.subspace import (
+    SubspaceConfig,
+    SubspaceParam,
+    at_point,
+    extract_point,
+    sample_point,
+    set_point,
+    subspace,
+    subspace_regularizer,
+)
 from timm_overparam.weights import save_weights
 
 __all__ = [
+    "BNStats",
     "ConversionReport",
     "ExpandOptions",
     "ExpandProject",
     "OverparamConv1d",
     "OverparamConv2d",
     "OverparamLinear",
+    "SubspaceConfig",
+    "SubspaceParam",
+    "at_point",
     "collapse",
     "collapse_module",
+    "current_bn_stats",
     "expand_module",
+    "extract_point",
     "is_expanded",
+    "load_bn_stats",
     "overparameterize",
+    "recalibrate_bn",
     "register_architecture",
+    "sample_point",
     "save_weights",
+    "set_point",
+    "subspace",
+    "subspace_regularizer",
 ]

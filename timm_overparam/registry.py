@@ -28,6 +28,8 @@ class Family:
 
     ``variants`` maps a name suffix to the options it fixes (``{'op3': {'depth': 3}}``);
     ``convert(model, **options)`` converts in place; ``prefix`` marks its create_model kwargs.
+    ``factory`` names the convert keyword, if any, that receives a zero-argument function making
+    fresh base models (same kwargs, ``pretrained=False``), for families that draw from timm's init.
     """
 
     module: str
@@ -35,10 +37,11 @@ class Family:
     variants: Mapping[str, Mapping[str, Any]]
     convert: Callable[..., nn.Module]
     defaults: Mapping[str, Any]
+    factory: str | None = None
 
     @property
     def options(self) -> list[str]:
-        return [p for p in inspect.signature(self.convert).parameters if p != "model"]
+        return [p for p in inspect.signature(self.convert).parameters if p not in ("model", self.factory)]
 
 
 def _split_options(family: Family, derived: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +61,10 @@ def _entrypoint(
 ) -> Callable[..., nn.Module]:
     def create(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         options = {**family.defaults, **fixed, **_split_options(family, derived, kwargs)}
-        model = _registry.model_entrypoint(base)(pretrained=pretrained, **kwargs)
+        build = _registry.model_entrypoint(base)
+        model = build(pretrained=pretrained, **kwargs)
+        if family.factory is not None:
+            options[family.factory] = lambda: build(pretrained=False, **kwargs)
         family.convert(model, **options)
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         model.pretrained_cfg = model.default_cfg = {**cfg, "architecture": derived}

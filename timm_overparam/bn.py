@@ -1,0 +1,94 @@
+"""BatchNorm statistics of one point: recalibration (as ``torch.optim.swa_utils.update_bn``), snapshots.
+
+Points of a subspace share their BatchNorm buffers during training, so every evaluated point needs
+its own statistics. They are plain dicts keyed like the base model's state_dict
+(``'layer1.0.bn1.running_mean'``...): load them into a stock model with ``strict=False``, into the
+subspace model with ``load_bn_stats``, or pass them to ``at_point``/``extract_point``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+BNStats = dict[str, Tensor]
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _norms(model: nn.Module) -> dict[str, _BatchNorm]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, _BatchNorm)}
+
+
+def current_bn_stats(model: nn.Module) -> BNStats:
+    """A copy of every BatchNorm's running statistics, keyed like the state_dict.
+
+    >>> sorted(current_bn_stats(nn.Sequential(nn.BatchNorm1d(2))))
+    ['0.num_batches_tracked', '0.running_mean', '0.running_var']
+    """
+    stats = {}
+    for name, bn in _norms(model).items():
+        for buf in _BUFFERS:
+            value = getattr(bn, buf)
+            if value is not None:
+                stats[f"{name}.{buf}" if name else buf] = value.detach().clone()
+    return stats
+
+
+def load_bn_stats(model: nn.Module, stats: BNStats) -> None:
+    """Copy ``stats`` (from ``recalibrate_bn`` or ``current_bn_stats``) into the model's BatchNorms.
+
+    >>> load_bn_stats(model, recalibrate_bn(model, loader, 50))  # doctest: +SKIP
+    """
+    expected = current_bn_stats(model)
+    if set(stats) != set(expected):
+        missing, unknown = sorted(set(expected) - set(stats)), sorted(set(stats) - set(expected))
+        raise ValueError(f"BatchNorm statistics do not fit the model: missing {missing}, unknown {unknown}")
+    buffers = dict(model.named_buffers())
+    with torch.no_grad():
+        for key, value in stats.items():
+            buffers[key].copy_(value)
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module,
+    loader: Iterable,
+    num_batches: int | None = None,
+    device: torch.device | str | None = None,
+) -> BNStats:
+    """Recompute every BatchNorm's statistics at the current point; returns them (also left in the model).
+
+    Running stats reset, ``momentum=None`` (cumulative average), ``num_batches`` batches (all when
+    None) forwarded in train mode without gradients: ``torch.optim.swa_utils.update_bn``'s result.
+
+    >>> with at_point(model, 0.5): stats = recalibrate_bn(model, train_loader, num_batches=50)  # doctest: +SKIP
+    """
+    if num_batches is not None and (not isinstance(num_batches, int) or num_batches < 1):
+        raise ValueError(f"num_batches must be an integer >= 1 or None, got {num_batches!r}")
+    norms = list(_norms(model).values())
+    if not norms:
+        return {}
+    momenta = {bn: bn.momentum for bn in norms}
+    modes = {m: m.training for m in model.modules()}
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    try:
+        seen = 0
+        for batch in itertools.islice(loader, num_batches):
+            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            model(x if device is None else x.to(device))
+            seen += 1
+        if not seen:
+            raise ValueError("the loader yielded no batches: BatchNorm statistics cannot be recalibrated")
+    finally:
+        for bn, momentum in momenta.items():
+            bn.momentum = momentum
+        for m, training in modes.items():
+            m.training = training
+    return current_bn_stats(model)

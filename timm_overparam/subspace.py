@@ -1,0 +1,418 @@
+"""Neural-network subspaces: every selected tensor becomes a line, a Bezier curve or a simplex.
+
+``SubspaceParam`` is a ``torch.nn.utils.parametrize`` parametrization, like ``ExpandProject``: the
+module keeps its own ``forward`` and every reader of the tensor sees ``sum_i c_i V_i``. The vertices
+``V_i`` are the parametrization's own parameters and the coefficients ``c`` (the current point) a
+non-persistent buffer. ``subspace`` converts a model with the shared conversion walk.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import numbers
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from timm_overparam.bn import BNStats, current_bn_stats, load_bn_stats
+from timm_overparam.convert import Selection, Target, restore_base_cfg, walk
+from timm_overparam.unparametrize import unparametrize
+
+Shape = Literal["line", "curve", "simplex"]
+Init = Literal["independent", "copy"]
+# a number for lines and curves, barycentric coordinates for simplexes; or one per module name
+Point = float | Sequence[float] | Mapping[str, float | Sequence[float]]
+
+_VERTICES = {"line": 2, "curve": 3, "simplex": 3}  # default n; lines and curves have no other
+
+
+def _check_shape(shape: str, n: int) -> None:
+    if shape not in _VERTICES:
+        raise ValueError(f"shape must be 'line', 'curve' or 'simplex', got {shape!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+        raise ValueError(f"a subspace needs an integer n >= 2 vertices, got {n!r}")
+    if shape != "simplex" and n != _VERTICES[shape]:
+        raise ValueError(f"a {shape} has {_VERTICES[shape]} vertices, got n={n}; use shape='simplex'")
+
+
+def _coefficients(shape: str, n: int, point: float | Sequence[float]) -> tuple[float, ...]:
+    """The vertex weights of a validated ``point``: ``(1-a, a)``, Bezier's, or the coordinates."""
+    if shape != "simplex":
+        if isinstance(point, Tensor) and point.dim() == 0:
+            point = point.item()
+        if not isinstance(point, numbers.Real) or isinstance(point, bool):
+            raise ValueError(f"a {shape} point is a number in [0, 1], got {point!r}")
+        a = float(point)
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"point {point!r} is outside [0, 1]")
+        return (1.0 - a, a) if shape == "line" else ((1.0 - a) ** 2, 2.0 * a * (1.0 - a), a * a)
+    if isinstance(point, Tensor):
+        point = point.tolist()
+    if not isinstance(point, Sequence) or not all(
+        isinstance(t, numbers.Real) and not isinstance(t, bool) for t in point
+    ):
+        raise ValueError(f"a simplex point is {n} barycentric coordinates, got {point!r}")
+    if len(point) != n:
+        raise ValueError(f"a simplex point has {n} coordinates, got {len(point)} in {point!r}")
+    for t in point:
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"coordinate {t!r} of point {point!r} is outside [0, 1]")
+    if abs(sum(point) - 1.0) > 1e-6:
+        raise ValueError(f"coordinates of point {point!r} sum to {sum(point)!r}, not 1")
+    return tuple(float(t) for t in point)
+
+
+def _midpoint(shape: str, n: int) -> float | tuple[float, ...]:
+    return (1.0 / n,) * n if shape == "simplex" else 0.5
+
+
+class SubspaceParam(nn.Module):
+    """``tensor = sum_i c_i V_i``: the vertices are this module's parameters, ``c`` the current point.
+
+    Line ``(1-a, a)`` (computed with ``torch.lerp``), quadratic Bezier curve
+    ``((1-a)^2, 2a(1-a), a^2)`` (vertex 1 is the control point), simplex: barycentric coordinates.
+    It starts at the midpoint. Assigning the tensor sets every vertex to the assigned value.
+
+    >>> lin = nn.Linear(4, 2)
+    >>> p = SubspaceParam("line", [lin.weight.detach(), torch.zeros(2, 4)])
+    >>> _ = parametrize.register_parametrization(lin, "weight", p)
+    >>> p.set_point(1.0); bool((lin.weight == 0).all())
+    True
+    """
+
+    def __init__(self, shape: Shape, vertices: Sequence[Tensor], *, regularized: bool = True) -> None:
+        super().__init__()
+        _check_shape(shape, len(vertices))
+        self.shape = shape
+        self.regularized = regularized
+        self.vertices = nn.ParameterList(
+            v if isinstance(v, nn.Parameter) else nn.Parameter(v, requires_grad=True) for v in vertices
+        )
+        first = self.vertices[0]
+        self.register_buffer(
+            "coefficients",
+            torch.empty(len(vertices), dtype=first.dtype, device=first.device),
+            persistent=False,
+        )
+        self._registering = True  # the first right_inverse call comes from registration
+        self.set_point(_midpoint(shape, len(vertices)))
+
+    @property
+    def n(self) -> int:
+        """Number of vertices."""
+        return len(self.vertices)
+
+    def set_point(self, point: float | Sequence[float]) -> None:
+        """Move to ``point`` (a number in [0, 1], or barycentric coordinates for a simplex)."""
+        self.coefficients.copy_(torch.tensor(_coefficients(self.shape, self.n, point), dtype=torch.float64))
+
+    def forward(self) -> Tensor:
+        v, c = self.vertices, self.coefficients
+        if self.shape == "line":
+            return torch.lerp(v[0], v[1], c[1])
+        out = v[0] * c[0]
+        for i in range(1, len(v)):
+            out = torch.addcmul(out, v[i], c[i])
+        return out
+
+    def right_inverse(self, tensor: Tensor) -> tuple[()]:
+        """Drop the original tensor (vertex 0 holds it); a later assignment sets every vertex."""
+        if self._registering:
+            self._registering = False
+        else:
+            with torch.no_grad():
+                for v in self.vertices:
+                    v.copy_(tensor)
+        return ()
+
+
+@dataclass(frozen=True)
+class SubspaceConfig:
+    """Options of a subspace conversion (see ``subspace``); the model keeps them as ``subspace_config``.
+
+    >>> SubspaceConfig("simplex", n=4).n, SubspaceConfig("curve").n
+    (4, 3)
+    """
+
+    shape: Shape = "line"
+    n: int | None = None
+    layerwise: bool = False
+    init: Init = "independent"
+    noise: float = 0.0
+    regularize: str | tuple[str, ...] = "matrices"
+
+    def __post_init__(self) -> None:
+        n = _VERTICES.get(self.shape, 2) if self.n is None else self.n
+        _check_shape(self.shape, n)
+        object.__setattr__(self, "n", n)
+        if self.init not in ("independent", "copy"):
+            raise ValueError(f"init must be 'independent' or 'copy', got {self.init!r}")
+        if not isinstance(self.noise, numbers.Real) or not self.noise >= 0:
+            raise ValueError(f"noise must be a number >= 0, got {self.noise!r}")
+        reg = self.regularize
+        if reg != "matrices":
+            reg = (reg,) if isinstance(reg, str) else tuple(reg)
+            if not all(isinstance(p, str) for p in reg):
+                raise TypeError(f"regularize must be 'matrices' or a list of fnmatch patterns, got {reg!r}")
+            object.__setattr__(self, "regularize", reg)
+
+    def regularized(self, name: str, tensor: Tensor) -> bool:
+        """Whether the regulariser includes the subspace tensor ``name``."""
+        if self.regularize == "matrices":
+            return tensor.dim() >= 2
+        return any(fnmatch.fnmatchcase(name, p) for p in self.regularize)
+
+
+def _candidate(model: nn.Module) -> Callable[[Target], str | bool]:
+    uses = Counter(id(p) for m in model.modules() for p in m._parameters.values() if p is not None)
+
+    def candidate(target: Target) -> str | bool:
+        p = target.module._parameters.get(target.tensor)
+        if p is None:  # parametrized by someone else: the walk says so
+            return True
+        if isinstance(p, nn.parameter.UninitializedParameter):
+            return "lazy parameter not initialised: run one forward pass before converting"
+        if not p.is_floating_point():
+            return "not a floating-point tensor"
+        if not p.requires_grad:
+            return "frozen (requires_grad=False)"
+        if uses[id(p)] > 1:
+            return "tied to another module's parameter"
+        return True
+
+    return candidate
+
+
+class _Vertices:
+    """Draws the extra vertices of each tensor and registers its ``SubspaceParam`` (the walk's apply).
+
+    ``independent``: from fresh base models when a factory is given (timm's own init, model-level
+    init included), else from ``reset_parameters()`` on deep copies of the module; tensors neither
+    reaches are copied (the report says why). ``copy``: the current tensor. Noise goes on copies.
+    """
+
+    def __init__(self, config: SubspaceConfig, factory: Callable[[], nn.Module] | None) -> None:
+        self.config, self.factory = config, factory
+        self.fresh: list[dict[str, Tensor]] | None = None
+        self.resets: dict[nn.Module, list[nn.Module] | str] = {}
+
+    def __call__(self, target: Target) -> str:
+        tensor = target.module._parameters[target.tensor]
+        extra, how = self._independent(target) if self.config.init == "independent" else (None, "copy")
+        if extra is None:
+            extra = [self._copy(tensor) for _ in range(self.config.n - 1)]
+        param = SubspaceParam(
+            self.config.shape,
+            [tensor.detach(), *(e.detach().to(tensor) for e in extra)],
+            regularized=self.config.regularized(target.name, tensor),
+        )
+        parametrize.register_parametrization(target.module, target.tensor, param)
+        return f"{self.config.shape}, {param.n} vertices, {how}" + (
+            ", regularized" if param.regularized else ""
+        )
+
+    def _copy(self, tensor: Tensor) -> Tensor:
+        out = tensor.detach().clone()
+        if self.config.noise:
+            std = tensor.detach().float().std(correction=0).item()
+            out.add_(torch.randn_like(out), alpha=self.config.noise * std)
+        return out
+
+    def _independent(self, target: Target) -> tuple[list[Tensor] | None, str]:
+        k, shape = self.config.n - 1, target.module._parameters[target.tensor].shape
+        if self.factory is not None:
+            if self.fresh is None:
+                self.fresh = [dict(self.factory().named_parameters()) for _ in range(k)]
+            found = [f.get(target.name) for f in self.fresh]
+            if any(t is None or t.shape != shape for t in found):
+                return None, "copy (not in a fresh base model)"
+            return found, "independent (fresh base model)"
+        resets = self.resets.get(target.module)
+        if resets is None:
+            resets = self.resets[target.module] = self._reset_copies(target.module, k)
+        if isinstance(resets, str):
+            return None, f"copy ({resets})"
+        return [m._parameters[target.tensor] for m in resets], "independent (reset_parameters)"
+
+    @staticmethod
+    def _reset_copies(module: nn.Module, k: int) -> list[nn.Module] | str:
+        """``k`` deep copies of ``module`` re-initialised by its ``reset_parameters``, or why not."""
+        if not callable(getattr(module, "reset_parameters", None)):
+            return f"{type(module).__name__} has no reset_parameters"
+        if parametrize.is_parametrized(module):
+            return f"{type(module).__name__} is parametrized by another conversion"
+        copies = [copy.deepcopy(module) for _ in range(k)]
+        with torch.no_grad():
+            for m in copies:
+                m.reset_parameters()
+        return copies
+
+
+def subspace(
+    model: nn.Module,
+    shape: Shape = "line",
+    n: int | None = None,
+    *,
+    layerwise: bool = False,
+    init: Init = "independent",
+    noise: float = 0.0,
+    include: Sequence[str] = ("*",),
+    exclude: Sequence[str] = (),
+    min_params: int = 0,
+    regularize: str | Sequence[str] = "matrices",
+    factory: Callable[[], nn.Module] | None = None,
+) -> nn.Module:
+    """Make every selected float parameter of ``model`` a subspace of ``n`` vertices, in place.
+
+    ``include``/``exclude`` are fnmatch patterns on ``module.param`` names; ``layerwise`` makes
+    ``sample_point`` draw one point per module; ``regularize``: the tensors of
+    ``subspace_regularizer`` ('matrices' = every tensor with >= 2 dims, or patterns); ``factory``
+    makes fresh models for ``init='independent'``. ``init='copy'`` (noise 0) keeps the function.
+
+    >>> net = subspace(nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8)), "curve", init="copy")
+    >>> net.overparam_report.summary()
+    'subspace: 4 converted, 0 skipped'
+    """
+    config = SubspaceConfig(shape, n, layerwise, init, noise, regularize)
+    selection = Selection(include, exclude, min_params)
+    vertices = _Vertices(config, factory)
+    model.overparam_report = walk(model, "subspace", _candidate(model), selection, vertices, tensors=True)
+    model.subspace_config = config
+    return model
+
+
+def _subspace_tensors(model: nn.Module) -> dict[str, list[SubspaceParam]]:
+    """The model's subspace parametrizations, grouped by the name of the module they belong to."""
+    groups = {}
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            params = [p[0] for p in module.parametrizations.values() if isinstance(p[0], SubspaceParam)]
+            if params:
+                groups[name] = params
+    if not groups:
+        raise ValueError("the model has no subspace tensors: convert it with timm_overparam.subspace()")
+    return groups
+
+
+def set_point(model: nn.Module, point: Point) -> None:
+    """Move every subspace tensor to ``point``, or each module to its own (``{module name: point}``).
+
+    >>> set_point(subspace(nn.Linear(2, 2), init="copy"), 0.25)
+    """
+    groups = _subspace_tensors(model)
+    points = point if isinstance(point, Mapping) else dict.fromkeys(groups, point)
+    unknown = [name for name in points if name not in groups]
+    if unknown:
+        raise ValueError(f"no subspace tensors in module(s) {unknown}; modules: {list(groups)}")
+    done: dict[tuple[str, int, int], Tensor] = {}  # one validation per point object (shared: one)
+    for name, p in points.items():
+        for param in groups[name]:
+            key = (param.shape, param.n, id(p))
+            if key not in done:
+                done[key] = torch.tensor(_coefficients(param.shape, param.n, p), dtype=torch.float64)
+            param.coefficients.copy_(done[key])
+
+
+@contextmanager
+def at_point(model: nn.Module, point: Point, bn_stats: BNStats | None = None) -> Iterator[nn.Module]:
+    """Within the block the model sits at ``point`` (and uses ``bn_stats``); both are restored after.
+
+    >>> with at_point(model, 0.5): y = model(x)  # doctest: +SKIP
+    """
+    params = [p for group in _subspace_tensors(model).values() for p in group]
+    before = [p.coefficients.clone() for p in params]
+    stats_before = current_bn_stats(model) if bn_stats is not None else None
+    try:
+        set_point(model, point)
+        if bn_stats is not None:
+            load_bn_stats(model, bn_stats)
+        yield model
+    finally:
+        for p, c in zip(params, before, strict=True):
+            p.coefficients.copy_(c)
+        if stats_before is not None:
+            load_bn_stats(model, stats_before)
+
+
+def _draw(config: SubspaceConfig, generator: torch.Generator | None) -> float | tuple[float, ...]:
+    """A ~ U(0, 1) for lines and curves; Dirichlet(1, ..., 1) (normalised exponentials) for simplexes."""
+    if config.shape != "simplex":
+        return torch.rand((), generator=generator, dtype=torch.float64).item()
+    e = torch.empty(config.n, dtype=torch.float64).exponential_(generator=generator)
+    return tuple((e / e.sum()).tolist())
+
+
+def sample_point(model: nn.Module, generator: torch.Generator | None = None) -> Point:
+    """Draw a point (one per module when the model is layerwise), move there and return it.
+
+    >>> round(sample_point(subspace(nn.Linear(2, 2)), torch.Generator().manual_seed(0)), 3)
+    0.97
+    """
+    config = _config(model)
+    if config.layerwise:
+        point: Point = {name: _draw(config, generator) for name in _subspace_tensors(model)}
+    else:
+        point = _draw(config, generator)
+    set_point(model, point)
+    return point
+
+
+def _config(model: nn.Module) -> SubspaceConfig:
+    config = getattr(model, "subspace_config", None)
+    if not isinstance(config, SubspaceConfig):
+        raise ValueError("the model has no subspace_config: convert it with timm_overparam.subspace()")
+    return config
+
+
+def subspace_regularizer(model: nn.Module, generator: torch.Generator | None = None) -> Tensor:
+    """``cos^2`` between two distinct random vertices, over the concatenation of the regularized tensors.
+
+    ``(sum v_i . v_j)^2 / (|v_i|^2 |v_j|^2)`` as the original (which added ``beta`` times it to the loss).
+
+    >>> loss = loss + 1.0 * subspace_regularizer(model)  # doctest: +SKIP
+    """
+    params = [p for group in _subspace_tensors(model).values() for p in group if p.regularized]
+    if not params:
+        raise ValueError("no subspace tensor is regularized: see subspace(regularize=...)")
+    i, j = torch.randperm(params[0].n, generator=generator)[:2].tolist()
+    dot = norm_i = norm_j = 0.0
+    for p in params:
+        dtype = torch.promote_types(p.vertices[i].dtype, torch.float32)
+        a, b = p.vertices[i].reshape(-1).to(dtype), p.vertices[j].reshape(-1).to(dtype)
+        dot = dot + torch.dot(a, b)
+        norm_i = norm_i + torch.dot(a, a)
+        norm_j = norm_j + torch.dot(b, b)
+    return dot.square() / (norm_i * norm_j)
+
+
+def extract_point(model: nn.Module, point: Point, bn_stats: BNStats | None = None) -> nn.Module:
+    """A deep copy of ``model`` as the stock model at ``point`` (with ``bn_stats`` if given).
+
+    Its state_dict keys are the base architecture's (strict-loadable); pretrained_cfg names the base.
+
+    >>> list(extract_point(subspace(nn.Linear(2, 2)), 0.5).state_dict())
+    ['weight', 'bias']
+    """
+    plain = copy.deepcopy(model)
+    set_point(plain, point)
+    if bn_stats is not None:
+        load_bn_stats(plain, bn_stats)
+    for module in list(plain.modules()):
+        names = [
+            name
+            for name, p in getattr(module, "parametrizations", {}).items()
+            if isinstance(p[0], SubspaceParam)
+        ]
+        if names:
+            requires_grad = module.parametrizations[names[0]][0].vertices[0].requires_grad
+            unparametrize(module, names, requires_grad)
+    plain.__dict__.pop("subspace_config", None)
+    restore_base_cfg(plain)
+    return plain

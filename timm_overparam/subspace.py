@@ -93,7 +93,7 @@ class SubspaceParam(nn.Module):
         self.shape = shape
         self.regularized = regularized
         self.vertices = nn.ParameterList(
-            v if isinstance(v, nn.Parameter) else nn.Parameter(v, requires_grad=True) for v in vertices
+            v if isinstance(v, nn.Parameter) else nn.Parameter(v) for v in vertices
         )
         first = self.vertices[0]
         self.register_buffer(

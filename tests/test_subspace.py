@@ -18,6 +18,11 @@ def _param(module: nn.Module, name: str) -> SubspaceParam:
     return module.parametrizations[name][0]
 
 
+def _params(module: nn.Module) -> list[SubspaceParam]:
+    plists = getattr(module, "parametrizations", {}).values()
+    return [p[0] for p in plists if isinstance(p[0], SubspaceParam)]
+
+
 def _random_vertices(module: nn.Module) -> None:
     """Give every vertex of every subspace tensor its own random values."""
     with torch.no_grad():
@@ -219,6 +224,25 @@ def test_regularizer_equals_the_formula_on_two_tensors():
         only_first.load_state_dict(net.state_dict(), strict=False)
     # 0.weight and 0.bias (7, 7): dot = 3 + 49 = 52; |v0|^2 = 5 + 49; |v1|^2 = 9 + 49
     assert top.subspace_regularizer(only_first).item() == pytest.approx(52**2 / (54 * 58), rel=1e-6)
+
+
+def test_regularizer_gradient_is_the_formulas():
+    net = top.subspace(_small_cnn(), "line").double()
+    _random_vertices(net)
+    top.subspace_regularizer(net).backward()
+    pairs = [(p.vertices[0], p.vertices[1]) for m in net.modules() for p in _params(m) if p.regularized]
+    assert len(pairs) == 3  # two conv weights and the linear weight
+    a = [x.detach().clone().requires_grad_() for x, _ in pairs]
+    b = [y.detach().clone().requires_grad_() for _, y in pairs]
+    dot = sum((x * y).sum() for x, y in zip(a, b, strict=True))
+    ref = dot**2 / (sum(x.square().sum() for x in a) * sum(y.square().sum() for y in b))
+    ref.backward()
+    for (x, y), ra, rb in zip(pairs, a, b, strict=True):
+        torch.testing.assert_close(x.grad, ra.grad, rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(y.grad, rb.grad, rtol=1e-10, atol=1e-14)
+    half = top.subspace(nn.Linear(64, 64), init="copy", noise=1.0).half()
+    value = top.subspace_regularizer(half)
+    assert value.dtype == torch.float32 and 0 < value.item() < 1
 
 
 def test_regularizer_picks_two_distinct_vertices():

@@ -285,8 +285,11 @@ def test_copy_init_keeps_a_pretrained_timm_model(tmp_path):
 
 
 def test_copy_init_noise_keeps_vertex_zero():
-    net = top.subspace(_small_cnn(), "line", init="copy", noise=0.1)
+    net = _small_cnn()
+    original = net[0].weight.detach().clone()
+    top.subspace(net, "line", init="copy", noise=0.1)
     p = _param(net[0], "weight")
+    assert torch.equal(p.vertices[0], original)
     delta = p.vertices[1] - p.vertices[0]
     assert 0.05 < (delta.std() / p.vertices[0].std()).item() < 0.2
     assert torch.equal(_param(net[1], "weight").vertices[1], _param(net[1], "weight").vertices[0])  # std 0

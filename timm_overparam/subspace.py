@@ -315,7 +315,7 @@ def _subspace_tensors(model: nn.Module) -> dict[str, list[SubspaceParam]]:
 
 
 def set_point(model: nn.Module, point: Point) -> None:
-    """Move every subspace tensor to ``point``, or each module to its own (``{module name: point}``).
+    """Move every subspace tensor to ``point``, or the named modules each to its own (``{name: point}``).
 
     >>> set_point(subspace(nn.Linear(2, 2), init="copy"), 0.25)
     """

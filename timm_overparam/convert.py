@@ -254,8 +254,8 @@ def collapse(model: nn.Module, inplace: bool = False) -> nn.Module:
     The state_dict keys are those of the unconverted architecture, so it loads with strict=True.
 
     >>> net = overparameterize(nn.Sequential(nn.Linear(4, 2)), depth=3)
-    >>> list(collapse(net).state_dict())
-    ['0.weight', '0.bias']
+    >>> sorted(collapse(net).state_dict())
+    ['0.bias', '0.weight']
     """
     if not inplace:
         model = copy.deepcopy(model)

@@ -1,6 +1,6 @@
 """Parameters of ``<arch>_op{k}`` relative to ``<arch>`` for both factor placements.
 
-    python benchmarks/param_ratio.py --models resnet50 vit_base_patch16_224 convnext_tiny --depth 3
+python benchmarks/param_ratio.py --models resnet50 vit_base_patch16_224 convnext_tiny --depth 3
 """
 
 import argparse
@@ -16,7 +16,9 @@ def count(model: torch.nn.Module) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=["resnet50", "vit_base_patch16_224", "convnext_tiny"])
     parser.add_argument("--depth", type=int, default=3)
     args = parser.parse_args()

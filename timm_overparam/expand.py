@@ -27,8 +27,9 @@ Init = Literal["preserve", "original"]
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _BN_CLS = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-# Activation elements written and read back by the chain cost about this many multiply-adds each
-# on a CPU (measured with benchmarks/train_step.py); it keeps memory-bound 1x1 chains composed.
+# Multiply-adds charged for each intermediate activation element the chain writes and reads back.
+# benchmarks/train_step.py found no resnet18/vit_tiny layer whose choice depends on it (0..288):
+# the multiply-add counts decide; it only tips memory-bound chains of tiny matrices.
 _ELEMENT_COST = 12.0
 
 

@@ -41,7 +41,7 @@ def current_bn_stats(model: nn.Module) -> BNStats:
 def load_bn_stats(model: nn.Module, stats: BNStats) -> None:
     """Copy ``stats`` (from ``recalibrate_bn`` or ``current_bn_stats``) into the model's BatchNorms.
 
-    >>> load_bn_stats(model, recalibrate_bn(model, loader, 50))  # doctest: +SKIP
+    Example: ``load_bn_stats(model, recalibrate_bn(model, loader, 50))``
     """
     expected = current_bn_stats(model)
     if set(stats) != set(expected):
@@ -65,7 +65,7 @@ def recalibrate_bn(
     Running stats reset, ``momentum=None`` (cumulative average), ``num_batches`` batches (all when
     None) forwarded in train mode without gradients: ``torch.optim.swa_utils.update_bn``'s result.
 
-    >>> with at_point(model, 0.5): stats = recalibrate_bn(model, train_loader, num_batches=50)  # doctest: +SKIP
+    Example: ``with at_point(model, 0.5): stats = recalibrate_bn(model, train_loader, num_batches=50)``
     """
     if num_batches is not None and (not isinstance(num_batches, int) or num_batches < 1):
         raise ValueError(f"num_batches must be an integer >= 1 or None, got {num_batches!r}")

@@ -62,6 +62,7 @@ class _Overparam:
 class OverparamLinear(_Overparam, nn.Linear):
     """``nn.Linear`` whose weight is a product of ``depth`` factors.
 
+    >>> import torch
     >>> layer = OverparamLinear(16, 32, width=1, depth=2)
     >>> tuple(layer(torch.randn(1, 16)).shape)
     (1, 32)
@@ -133,6 +134,7 @@ class OverparamConv1d(_OverparamConvNd, nn.Conv1d):
 class OverparamConv2d(_OverparamConvNd, nn.Conv2d):
     """``nn.Conv2d`` as a chain of convolutions; ``kernel_sizes=[5, 3, 1]`` gives a 7x7 kernel.
 
+    >>> import torch
     >>> layer = OverparamConv2d(2, 4, kernel_sizes=[5, 3, 1], padding=3)
     >>> tuple(layer.kernel_size), tuple(layer(torch.randn(1, 2, 8, 8)).shape)
     ((7, 7), (1, 4, 8, 8))

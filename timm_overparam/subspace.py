@@ -337,7 +337,7 @@ def set_point(model: nn.Module, point: Point) -> None:
 def at_point(model: nn.Module, point: Point, bn_stats: BNStats | None = None) -> Iterator[nn.Module]:
     """Within the block the model sits at ``point`` (and uses ``bn_stats``); both are restored after.
 
-    >>> with at_point(model, 0.5): y = model(x)  # doctest: +SKIP
+    Example: ``with at_point(model, 0.5): y = model(x)``
     """
     params = [p for group in _subspace_tensors(model).values() for p in group]
     before = [p.coefficients.clone() for p in params]
@@ -417,7 +417,7 @@ def subspace_regularizer(model: nn.Module, generator: torch.Generator | None = N
 
     ``(sum v_i . v_j)^2 / (|v_i|^2 |v_j|^2)`` as the original (which added ``beta`` times it to the loss).
 
-    >>> loss = loss + 1.0 * subspace_regularizer(model)  # doctest: +SKIP
+    Example: ``loss = loss + 1.0 * subspace_regularizer(model)``
     """
     params = [p for group in _subspace_tensors(model).values() for p in group if p.regularized]
     if not params:

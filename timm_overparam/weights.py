@@ -17,8 +17,7 @@ def save_weights(module: nn.Module, path: str | os.PathLike, metadata: dict[str,
     The file appears complete or not at all. Parametrized (expanded or subspace) models are
     refused: collapse them or extract a point first.
 
-    >>> save_weights(collapse(timm.create_model("resnet18_op3")), "collapsed.safetensors")  # doctest: +SKIP
-    PosixPath('collapsed.safetensors')
+    Example: ``save_weights(collapse(timm.create_model("resnet18_op3")), "collapsed.safetensors")``
     """
     left = [n for n, m in module.named_modules() if parametrize.is_parametrized(m)]
     if left:

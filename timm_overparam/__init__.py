@@ -6,6 +6,7 @@ for every timm architecture.
 
 from timm_overparam.bn import BNStats, current_bn_stats, load_bn_stats, recalibrate_bn
 from timm_overparam.convert import ConversionReport, collapse, is_expanded, overparameterize
+from timm_overparam.evaluate import Metrics, SubspaceResults, evaluate_points, plot_points
 from timm_overparam.expand import ExpandOptions, ExpandProject, collapse_module, expand_module
 from timm_overparam.layers import OverparamConv1d, OverparamConv2d, OverparamLinear
 from timm_overparam.models import op as _op_models  # noqa: F401  (registers the entrypoints)
@@ -28,20 +29,24 @@ __all__ = [
     "ConversionReport",
     "ExpandOptions",
     "ExpandProject",
+    "Metrics",
     "OverparamConv1d",
     "OverparamConv2d",
     "OverparamLinear",
     "SubspaceConfig",
     "SubspaceParam",
+    "SubspaceResults",
     "at_point",
     "collapse",
     "collapse_module",
     "current_bn_stats",
+    "evaluate_points",
     "expand_module",
     "extract_point",
     "is_expanded",
     "load_bn_stats",
     "overparameterize",
+    "plot_points",
     "recalibrate_bn",
     "register_architecture",
     "sample_point",

@@ -1,0 +1,230 @@
+"""Evaluation of subspace points and ensembles: accuracy, loss, ECE, TV distance; accuracy curves.
+
+Every point runs once: it is set, its BatchNorm statistics recalibrated on training data, the eval
+loader forwarded, and its logits kept on the CPU. Ensembles and TV distances are computed from the
+kept logits, so each ensemble member uses its own statistics and no point is evaluated twice.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from timm_overparam.bn import current_bn_stats, load_bn_stats, recalibrate_bn
+from timm_overparam.subspace import Point, at_point
+
+# a point as plain data: a number, barycentric coordinates, or {module name: point}
+PlainPoint = float | tuple[float, ...] | dict[str, float | tuple[float, ...]]
+ECE_BINS = 20
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Top-1 and top-5 accuracy (fractions; top-5 is top-C with C < 5 classes), mean cross-entropy, ECE.
+
+    >>> Metrics(top1=0.5, top5=1.0, loss=1.04, ece=0.0).top1
+    0.5
+    """
+
+    top1: float
+    top5: float
+    loss: float
+    ece: float
+
+
+@dataclass(frozen=True)
+class SubspaceResults:
+    """What ``evaluate_points`` measured, as plain data: ``metrics[i]`` belongs to ``points[i]``.
+
+    >>> res.to_dict()["points"][0]  # doctest: +SKIP
+    {'point': 0.0, 'top1': 0.91, 'top5': 0.99, 'loss': 0.31, 'ece': 0.02}
+    """
+
+    points: list[PlainPoint]
+    metrics: list[Metrics]
+    ensembles: list[tuple[PlainPoint, ...]]
+    ensemble_metrics: list[Metrics]
+    tv_pairs: list[tuple[PlainPoint, PlainPoint]]
+    tv: list[float]
+    average: str
+    num_samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready records: ``points``, ``ensembles`` (``members``), ``tv`` (``a``, ``b``, ``tv``).
+
+        >>> json.dumps(res.to_dict())  # doctest: +SKIP
+        """
+        return {
+            "points": [{"point": p, **asdict(m)} for p, m in zip(self.points, self.metrics, strict=True)],
+            "ensembles": [
+                {"members": list(e), **asdict(m)}
+                for e, m in zip(self.ensembles, self.ensemble_metrics, strict=True)
+            ],
+            "tv": [{"a": a, "b": b, "tv": d} for (a, b), d in zip(self.tv_pairs, self.tv, strict=True)],
+            "average": self.average,
+            "num_samples": self.num_samples,
+        }
+
+
+def _plain(point: Point) -> PlainPoint:
+    """``point`` as plain Python: a float, a tuple of floats, or a dict of those."""
+    if isinstance(point, Tensor):
+        point = point.tolist()
+    if isinstance(point, Mapping):
+        return {str(name): _plain(p) for name, p in point.items()}
+    if isinstance(point, Sequence):
+        return tuple(float(t) for t in point)
+    return float(point)
+
+
+def _index(points: list[PlainPoint], point: Point, what: str) -> int:
+    plain = _plain(point)
+    for i, p in enumerate(points):
+        if p == plain:
+            return i
+    raise ValueError(f"{what} {point!r} is not one of the evaluated points {points}")
+
+
+def _metrics(probs: Tensor, log_probs: Tensor, targets: Tensor) -> Metrics:
+    k = min(5, probs.shape[1])
+    top = probs.topk(k, dim=1).indices
+    hits = top == targets[:, None]
+    ece = multiclass_calibration_error(probs, targets, probs.shape[1], n_bins=ECE_BINS, norm="l1")
+    return Metrics(
+        top1=hits[:, 0].double().mean().item(),
+        top5=hits.any(1).double().mean().item(),
+        loss=F.nll_loss(log_probs, targets).item(),
+        ece=float(ece),
+    )
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[Tensor, Tensor]:
+    outputs, targets = [], []
+    for x, y, *_ in loader:
+        outputs.append(model(x.to(device)).float().cpu())
+        targets.append(y.cpu())
+    if not outputs:
+        raise ValueError("the eval loader yielded no batches")
+    return torch.cat(outputs), torch.cat(targets).long()
+
+
+def evaluate_points(
+    model: nn.Module,
+    loader: Iterable,
+    points: Sequence[Point],
+    ensembles: Sequence[Sequence[Point]] = (),
+    *,
+    bn_loader: Iterable | None = None,
+    bn_batches: int | None = None,
+    average: Literal["logits", "probs"] = "logits",
+    tv_pairs: Sequence[tuple[Point, Point]] = (),
+) -> SubspaceResults:
+    """Metrics of each point, of ensembles of those points (averaged logits or probabilities), TV distances.
+
+    ``loader`` yields ``(x, target)``; with BatchNorm every point first recalibrates on ``bn_batches``
+    of ``bn_loader``. Model point, BN statistics and training flags are restored afterwards.
+
+    >>> res = evaluate_points(m, val_loader, [0, 0.5, 1], [[0, 1]], bn_loader=train_loader)  # doctest: +SKIP
+    """
+    if average not in ("logits", "probs"):
+        raise ValueError(f"average must be 'logits' or 'probs', got {average!r}")
+    if not points:
+        raise ValueError("no points to evaluate")
+    for p in points:  # validates every point (ValueError naming it) before any work
+        with at_point(model, p):
+            pass
+    plain: list[PlainPoint] = []
+    for p in points:
+        if _plain(p) in plain:
+            raise ValueError(f"point {p!r} is given twice")
+        plain.append(_plain(p))
+    members = [[_index(plain, p, "ensemble member") for p in e] for e in ensembles]
+    if any(not m for m in members):
+        raise ValueError("an ensemble needs at least one member point")
+    pairs = [(_index(plain, a, "TV point"), _index(plain, b, "TV point")) for a, b in tv_pairs]
+    has_bn = bool(current_bn_stats(model))
+    if has_bn and bn_loader is None:
+        raise ValueError(
+            "the model has BatchNorm: pass bn_loader= (training batches) to recalibrate each point"
+        )
+
+    device = next(model.parameters()).device
+    stats_before = current_bn_stats(model)
+    modes = {m: m.training for m in model.modules()}
+    logits: list[Tensor] = []
+    targets = torch.empty(0)
+    try:
+        for p in points:
+            with at_point(model, p), parametrize.cached():
+                if has_bn:
+                    recalibrate_bn(model, bn_loader, bn_batches, device)
+                model.eval()
+                out, targets = _logits(model, loader, device)
+            logits.append(out)
+    finally:
+        load_bn_stats(model, stats_before)
+        for m, training in modes.items():
+            m.training = training
+
+    def combine(idx: list[int], how: str) -> Metrics:
+        if how == "logits":
+            mean = torch.stack([logits[i] for i in idx]).mean(0)
+            return _metrics(mean.softmax(1), mean.log_softmax(1), targets)
+        probs = torch.stack([logits[i].softmax(1) for i in idx]).mean(0)
+        return _metrics(probs, probs.clamp_min(torch.finfo(probs.dtype).tiny).log(), targets)
+
+    return SubspaceResults(
+        points=plain,
+        metrics=[combine([i], "logits") for i in range(len(points))],
+        ensembles=[tuple(plain[i] for i in idx) for idx in members],
+        ensemble_metrics=[combine(idx, average) for idx in members],
+        tv_pairs=[(plain[i], plain[j]) for i, j in pairs],
+        tv=[
+            (0.5 * (logits[i].softmax(1) - logits[j].softmax(1)).abs().sum(1).mean()).item() for i, j in pairs
+        ],
+        average=average,
+        num_samples=len(targets),
+    )
+
+
+def plot_points(results: SubspaceResults, path: str | os.PathLike) -> str:
+    """Plot top-1 accuracy along the subspace (ensembles as horizontal lines) and save it atomically.
+
+    >>> plot_points(evaluate_points(m, val_loader, [0, 0.25, 0.5, 0.75, 1]), "line.png")  # doctest: +SKIP
+    'line.png'
+    """
+    fig = Figure(figsize=(5, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    top1 = [100 * m.top1 for m in results.metrics]
+    if all(isinstance(p, float) for p in results.points):
+        ax.plot(results.points, top1, marker="o", label="points")
+        ax.set_xlabel("point a")
+    else:  # simplex or layerwise points: one tick each
+        ax.plot(range(len(top1)), top1, marker="o", label="points")
+        ax.set_xticks(range(len(top1)), [str(p) for p in results.points], rotation=30, fontsize=6)
+        ax.set_xlabel("point")
+    for i, (members, m) in enumerate(zip(results.ensembles, results.ensemble_metrics, strict=True)):
+        ax.axhline(100 * m.top1, ls="--", color=f"C{i + 1}", label=f"ensemble {list(members)}")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.legend(fontsize=7)
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path

@@ -46,8 +46,7 @@ class Metrics:
 class SubspaceResults:
     """What ``evaluate_points`` measured, as plain data: ``metrics[i]`` belongs to ``points[i]``.
 
-    >>> res.to_dict()["points"][0]  # doctest: +SKIP
-    {'point': 0.0, 'top1': 0.91, 'top5': 0.99, 'loss': 0.31, 'ece': 0.02}
+    Example: ``res.metrics[res.points.index(0.5)].top1``, ``res.ensemble_metrics[0].ece``
     """
 
     points: list[PlainPoint]
@@ -62,7 +61,8 @@ class SubspaceResults:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready records: ``points``, ``ensembles`` (``members``), ``tv`` (``a``, ``b``, ``tv``).
 
-        >>> json.dumps(res.to_dict())  # doctest: +SKIP
+        Example: ``json.dumps(res.to_dict())``; ``res.to_dict()["points"][0]`` is
+        ``{'point': 0.0, 'top1': 0.91, 'top5': 0.99, 'loss': 0.31, 'ece': 0.02}``
         """
         return {
             "points": [{"point": p, **asdict(m)} for p, m in zip(self.points, self.metrics, strict=True)],
@@ -135,7 +135,7 @@ def evaluate_points(
     ``loader`` yields ``(x, target)``; with BatchNorm every point first recalibrates on ``bn_batches``
     of ``bn_loader``. Model point, BN statistics and training flags are restored afterwards.
 
-    >>> res = evaluate_points(m, val_loader, [0, 0.5, 1], [[0, 1]], bn_loader=train_loader)  # doctest: +SKIP
+    Example: ``res = evaluate_points(m, val_loader, [0, 0.5, 1], [[0, 1]], bn_loader=train_loader)``
     """
     if average not in ("logits", "probs"):
         raise ValueError(f"average must be 'logits' or 'probs', got {average!r}")
@@ -201,8 +201,7 @@ def evaluate_points(
 def plot_points(results: SubspaceResults, path: str | os.PathLike) -> str:
     """Plot top-1 accuracy along the subspace (ensembles as horizontal lines) and save it atomically.
 
-    >>> plot_points(evaluate_points(m, val_loader, [0, 0.25, 0.5, 0.75, 1]), "line.png")  # doctest: +SKIP
-    'line.png'
+    Example: ``plot_points(evaluate_points(m, val_loader, [0, 0.25, 0.5, 0.75, 1]), "line.png")``
     """
     fig = Figure(figsize=(5, 3.5), layout="constrained")
     ax = fig.add_subplot()

@@ -179,3 +179,10 @@ def test_bad_inputs_name_the_value(kwargs: dict, message: str):
     args = {"points": [0, 1], "bn_loader": _train_batches(), **kwargs}
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         top.evaluate_points(_small_cnn(), _eval_loader(), **args)
+
+
+def test_a_shuffling_eval_loader_is_refused():
+    dataset = _eval_loader().dataset
+    loader = DataLoader(dataset, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="must not shuffle"):
+        top.evaluate_points(_small_cnn(), loader, [0, 1], bn_loader=_train_batches())

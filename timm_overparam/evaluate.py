@@ -153,29 +153,34 @@ def evaluate_points(
     if any(not m for m in members):
         raise ValueError("an ensemble needs at least one member point")
     pairs = [(_index(plain, a, "TV point"), _index(plain, b, "TV point")) for a, b in tv_pairs]
-    has_bn = bool(current_bn_stats(model))
+    stats_before = current_bn_stats(model)
+    has_bn = bool(stats_before)
     if has_bn and bn_loader is None:
         raise ValueError(
             "the model has BatchNorm: pass bn_loader= (training batches) to recalibrate each point"
         )
 
     device = next(model.parameters()).device
-    stats_before = current_bn_stats(model)
     modes = {m: m.training for m in model.modules()}
     logits: list[Tensor] = []
-    targets = torch.empty(0)
+    targets: Tensor | None = None
     try:
         for p in points:
             with at_point(model, p), parametrize.cached():
                 if has_bn:
                     recalibrate_bn(model, bn_loader, bn_batches, device)
                 model.eval()
-                out, targets = _logits(model, loader, device)
+                out, y = _logits(model, loader, device)
+            if targets is not None and not torch.equal(y, targets):
+                raise ValueError(f"the eval loader gave point {p!r} other targets: it must not shuffle")
             logits.append(out)
+            targets = y
     finally:
         load_bn_stats(model, stats_before)
         for m, training in modes.items():
             m.training = training
+
+    assert targets is not None  # points is not empty
 
     def combine(idx: list[int], how: str) -> Metrics:
         if how == "logits":

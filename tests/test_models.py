@@ -135,3 +135,18 @@ def test_collapse_of_resnet50_op4_is_fast():
     t = time.perf_counter()
     collapse(model, inplace=True)
     assert time.perf_counter() - t < 5  # the benchmark measures the real figure; this guards regressions
+
+
+def tiny_user_net(pretrained: bool = False, **kwargs) -> nn.Module:
+    """A user architecture registered with timm after the plugin was imported."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+
+
+def test_architectures_registered_later_can_be_added():
+    timm.models.register_model(tiny_user_net)
+    names = timm_overparam.register_architecture("tiny_user_net", timm_overparam.models.op.FAMILY)
+    assert names == ["tiny_user_net_op2", "tiny_user_net_op3", "tiny_user_net_op4"]
+    assert timm_overparam.register_architecture("tiny_user_net", timm_overparam.models.op.FAMILY) == names
+    model = timm.create_model("tiny_user_net_op3")
+    assert list(model.overparam_report.converted) == ["0"]
+    assert "lazy module not initialised" in model.overparam_report.skipped["2"]

@@ -92,7 +92,8 @@ def _derived_cfg(base: str) -> _registry.DefaultCfg | None:
 def register_architecture(base: str, family: Family) -> list[str]:
     """Register the family's derived names for one base architecture; returns them.
 
-    Use it for architectures registered with timm after ``import timm_overparam``.
+    Use it for architectures registered with timm after ``import timm_overparam``; names already
+    registered are left as they are.
 
     >>> from timm_overparam.models.op import FAMILY
     >>> register_architecture("resnet18", FAMILY)
@@ -105,11 +106,13 @@ def register_architecture(base: str, family: Family) -> list[str]:
     names = []
     for suffix, fixed in family.variants.items():
         derived = f"{base}_{suffix}"
+        names.append(derived)
+        if derived in _DERIVED:  # registering twice is a no-op
+            continue
         if cfg is not None:
             mod.default_cfgs[derived] = cfg
         _registry.register_model(_entrypoint(family, base, derived, fixed))
         _DERIVED.add(derived)
-        names.append(derived)
     return names
 
 

@@ -175,7 +175,13 @@ def rounds(args: argparse.Namespace) -> Rounds:
 
 def ratio_result(case: str, timer: Rounds, fns: list, limit: float, lower: float | None = None) -> Result:
     """fns = [expanded, stock]: ratio of median times against ``<= limit`` (or ``lower..limit``)."""
-    times = timer.run(fns)
+    return times_result(case, timer, timer.run(fns), limit, lower)
+
+
+def times_result(
+    case: str, timer: Rounds, times: list[list[float]], limit: float, lower: float | None = None
+) -> Result:
+    """``ratio_result`` for times already measured by ``timer``: ``times = [expanded, stock]``."""
     med_op, med_base = statistics.median(times[0]), statistics.median(times[1])
     value = med_op / med_base
     paired = statistics.median(a / b for a, b in zip(times[0], times[1], strict=True))
@@ -297,12 +303,13 @@ CASES: dict[str, Callable[[argparse.Namespace], list[Result]]] = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser(doc: str, cases: dict, repeats: int = 15) -> argparse.ArgumentParser:
+    """The command line of a benchmark script with these cases (also used by subspace_step.py)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument(
-        "--only", choices=sorted(CASES), action="append", help="run only this case (repeatable)"
+        "--only", choices=sorted(cases), action="append", help="run only this case (repeatable)"
     )
-    parser.add_argument("--repeats", type=int, default=15, help="timed rounds per case after warm-up")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds per case after warm-up")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument(
         "--max-busy",
@@ -317,6 +324,13 @@ def main() -> None:
         help="seconds to wait before each round for other processes to go quiet (0: do not wait)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    return parser
+
+
+def main(parser: argparse.ArgumentParser | None = None, cases: dict | None = None) -> None:
+    """Parse the command line, run the chosen cases and print the table (defaults: this script's)."""
+    parser = parser or build_parser(__doc__, CASES)
+    cases = cases or CASES
     args = parser.parse_args()
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
@@ -328,8 +342,8 @@ def main() -> None:
     if load > 0.5:
         print(f"note: load average {load:.1f} before starting: other processes share the CPU")
     print(f"{'case':24s} {'value':>7s}  {'target':10s} {'result':6s} detail", flush=True)
-    for name in args.only or list(CASES):
-        for r in CASES[name](args):
+    for name in args.only or list(cases):
+        for r in cases[name](args):
             result = "PASS" if r.ok else "MISS"
             print(f"{r.case:24s} {r.value:7.3f}  {r.target:10s} {result:6s} {r.detail}", flush=True)
 

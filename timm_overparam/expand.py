@@ -229,6 +229,7 @@ class ExpandProject(nn.Module):
         self.solve_on_assign = options.init == "preserve"
         # the factor right_inverse solves: the first while every hidden size >= out, else the last
         self.solve_index = 0 if min(sizes[1:]) >= layout.out else d - 1
+        self._order = self._chain_order()  # sizes are fixed: plan the product once
         self._cache: tuple[tuple, Tensor] | None = None
         self._mode: dict[tuple[int, ...], bool] = {}
         self.reset_factors()
@@ -297,7 +298,7 @@ class ExpandProject(nn.Module):
     def _plain_product(self) -> Tensor:
         """W_d ... W_1 as grouped matrices, multiplied in the cheapest order."""
         mats = [self._grouped(w) for w in self.factors]
-        split = self._chain_order()[1]
+        split = self._order[1]
 
         def product(i: int, j: int) -> Tensor:
             if i == j:
@@ -578,7 +579,7 @@ class ExpandProject(nn.Module):
 
     def _composed_cost(self, module: nn.Module, shape: tuple[int, ...]) -> float:
         n = self._positions(module, shape)
-        return 3.0 * (self._chain_order()[0] + n * self.layout.out * self.layout.fan_in)
+        return 3.0 * (self._order[0] + n * self.layout.out * self.layout.fan_in)
 
     def _chain_cost(self, module: nn.Module, shape: tuple[int, ...]) -> float:
         n, g, s = self._positions(module, shape), self.layout.groups, self.sizes

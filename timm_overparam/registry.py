@@ -36,7 +36,6 @@ class Family:
     prefix: str
     variants: Mapping[str, Mapping[str, Any]]
     convert: Callable[..., nn.Module]
-    defaults: Mapping[str, Any]
     factory: str | None = None
 
     @property
@@ -60,7 +59,7 @@ def _entrypoint(
     family: Family, base: str, derived: str, fixed: Mapping[str, Any]
 ) -> Callable[..., nn.Module]:
     def create(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-        options = {**family.defaults, **fixed, **_split_options(family, derived, kwargs)}
+        options = {**fixed, **_split_options(family, derived, kwargs)}
         build = _registry.model_entrypoint(base)
         model = build(pretrained=pretrained, **kwargs)
         if family.factory is not None:

@@ -16,7 +16,6 @@ FAMILY = Family(
     prefix="op_",
     variants={f"op{d}": {"depth": d} for d in (2, 3, 4)},
     convert=overparameterize,
-    defaults={},
 )
 
 register_family(FAMILY)

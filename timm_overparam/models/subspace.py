@@ -18,7 +18,6 @@ FAMILY = Family(
     prefix="subspace_",
     variants={shape: {"shape": shape} for shape in ("line", "curve", "simplex")},
     convert=subspace,
-    defaults={},
     factory="factory",
 )
 

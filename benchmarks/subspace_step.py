@@ -11,7 +11,7 @@ ratios in one process, round-robin, busy rounds dropped; about +-4% run to run o
 
 Cases (``--only NAME``):
 
-- ``line_resnet18_b32_64``, ``line_vit_tiny_b8_224``: train step ``<arch>_line / <arch>``. The line
+- ``line_resnet18_b32_64``, ``line_resnet18_b16_224``, ``line_vit_tiny_b8_224``: train step ``<arch>_line / <arch>``. The line
   step is ``zero_grad``, ``sample_point`` (a fresh ``a ~ U(0, 1)``), forward, cross-entropy
   ``+ beta * subspace_regularizer`` (beta = 1), backward, ``SGD(momentum=0.9).step()``; the stock
   step is train_step.py's. The line step without the regulariser is timed in the same rounds and
@@ -92,6 +92,10 @@ def case_line_resnet18_b32_64(args) -> list[Result]:
     return line_case("line_resnet18_b32_64", "resnet18", 32, 64, 1.10, args)
 
 
+def case_line_resnet18_b16_224(args) -> list[Result]:
+    return line_case("line_resnet18_b16_224", "resnet18", 16, 224, 1.10, args)
+
+
 def case_line_vit_tiny_b8_224(args) -> list[Result]:
     return line_case("line_vit_tiny_b8_224", "vit_tiny_patch16_224", 8, 224, 1.10, args)
 
@@ -132,6 +136,7 @@ def case_eval_points_resnet18(args) -> list[Result]:
 
 CASES: dict[str, Callable[[argparse.Namespace], list[Result]]] = {
     "line_resnet18_b32_64": case_line_resnet18_b32_64,
+    "line_resnet18_b16_224": case_line_resnet18_b16_224,
     "line_vit_tiny_b8_224": case_line_vit_tiny_b8_224,
     "eval_points_resnet18": case_eval_points_resnet18,
 }

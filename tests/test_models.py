@@ -138,6 +138,11 @@ def test_architectures_registered_later_can_be_added():
     names = timm_overparam.register_architecture("tiny_user_net", timm_overparam.models.op.FAMILY)
     assert names == ["tiny_user_net_op2", "tiny_user_net_op3", "tiny_user_net_op4"]
     assert timm_overparam.register_architecture("tiny_user_net", timm_overparam.models.op.FAMILY) == names
+    # both families, so that every base model keeps having variants of each (test_subspace checks it)
+    subspace_names = timm_overparam.register_architecture(
+        "tiny_user_net", timm_overparam.models.subspace.FAMILY
+    )
+    assert subspace_names == ["tiny_user_net_line", "tiny_user_net_curve", "tiny_user_net_simplex"]
     model = timm.create_model("tiny_user_net_op3")
     assert list(model.overparam_report.converted) == ["0"]
     assert "lazy module not initialised" in model.overparam_report.skipped["2"]

@@ -7,6 +7,7 @@ import timm
 import torch
 import torch.nn.functional as F
 from conftest import randomize_norm_stats, rel_err
+from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
@@ -193,6 +194,34 @@ def test_line_sampling_is_uniform():
     a = torch.tensor([top.sample_point(net, g) for _ in range(4000)])
     assert 0 <= a.min() and a.max() <= 1
     assert abs(a.mean() - 0.5) < 0.015 and abs(a.var() - 1 / 12) < 0.005
+
+
+def test_sampled_loss_trains_a_fresh_point_per_chunk():
+    net = top.subspace(_small_cnn(), "line", layerwise=True).double()
+    _random_vertices(net)
+    x, y = torch.randn(5, 3, 9, 9, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    loss = top.sampled_loss(
+        net, F.cross_entropy, x, y, num_samples=2, generator=torch.Generator().manual_seed(3)
+    )
+    loss.backward()  # one backward through two points: the first chunk's graph is still valid
+    got = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    g = torch.Generator().manual_seed(3)
+    expected = 0.0
+    for xs, ys in ((x[:3], y[:3]), (x[3:], y[3:])):  # tensor_split: sizes 3 and 2, mean of the two losses
+        first = top.sample_point(net, g)
+        expected = expected + F.cross_entropy(net(xs), ys) / 2
+    assert first != top.sample_point(net, torch.Generator().manual_seed(3))  # the chunks' points differ
+    expected.backward()
+    assert rel_err(loss, expected) < 1e-12
+    assert all(rel_err(a, p.grad) < 1e-12 for a, p in zip(got, net.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("n", [0, 6, 1.5, True])
+def test_sampled_loss_checks_num_samples(n):
+    net = top.subspace(nn.Linear(2, 2), "line")
+    with pytest.raises(ValueError, match=f"num_samples.*{n}"):
+        top.sampled_loss(net, F.cross_entropy, torch.randn(5, 2), torch.zeros(5, dtype=torch.long), n)
 
 
 # -------------------------------------------------------------------------------- regulariser
@@ -445,6 +474,17 @@ def test_recalibration_needs_batches():
 
 
 # ------------------------------------------------------------------------------------ registry
+def test_timm_optimizer_keeps_the_base_models_weight_decay_exemptions():
+    model = timm.create_model("vit_tiny_patch16_224_line", img_size=32, patch_size=8, num_classes=3)
+    opt = create_optimizer_v2(model, "sgd", lr=0.1, weight_decay=0.05)
+    no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in no_decay}
+    assert {"parametrizations.pos_embed.0.vertices.0", "parametrizations.cls_token.0.vertices.1"} <= names
+    assert "blocks.0.attn.qkv.parametrizations.weight.0.vertices.0" not in names
+    stock = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=3)
+    assert top.extract_point(model, 0.5).no_weight_decay() == stock.no_weight_decay()
+
+
 def test_every_architecture_has_subspace_variants():
     derived = set(timm.list_models(module="op")) | set(timm.list_models(module="subspace"))
     base = [m for m in timm.list_models() if m not in derived]

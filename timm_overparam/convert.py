@@ -144,7 +144,30 @@ def walk(
             except Skip as e:
                 reason = str(e)
         report.skipped[target.name] = reason
+    _carry_no_weight_decay(model)
     return report
+
+
+@dataclass(frozen=True)
+class NoWeightDecay:
+    """A model's ``no_weight_decay()`` after conversion: the base names plus their parametrized names."""
+
+    patterns: frozenset[str]
+
+    def __call__(self) -> set[str]:
+        return set(self.patterns)
+
+
+def _carry_no_weight_decay(model: nn.Module) -> None:
+    """Keep timm's optimizer factory from decaying what the base model exempts (``pos_embed`` -> vertices)."""
+    base = getattr(model, "no_weight_decay", None)
+    if not callable(base):
+        return
+    patterns = set(base())
+    for pattern in list(patterns):
+        head, _, last = pattern.rpartition(".")
+        patterns.add(f"{head}.parametrizations.{last}.*" if head else f"parametrizations.{last}.*")
+    model.no_weight_decay = NoWeightDecay(frozenset(patterns))
 
 
 class Skip(Exception):
@@ -267,13 +290,14 @@ def collapse(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 
 def restore_base_cfg(model: nn.Module) -> None:
-    """Drop the conversion's report from ``model``; its pretrained_cfg names the base architecture again.
+    """Drop the conversion's report and no_weight_decay from ``model``; its pretrained_cfg names the base again.
 
     >>> net = overparameterize(nn.Sequential(nn.Linear(4, 2)))
     >>> restore_base_cfg(net); hasattr(net, "overparam_report")
     False
     """
     report = model.__dict__.pop("overparam_report", None)
+    model.__dict__.pop("no_weight_decay", None)
     cfg = getattr(model, "pretrained_cfg", None)
     if report is not None and report.base and isinstance(cfg, dict):
         model.pretrained_cfg = {**cfg, "architecture": report.base}

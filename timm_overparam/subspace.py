@@ -114,7 +114,8 @@ class SubspaceParam(nn.Module):
         self.coefficients.copy_(torch.tensor(_coefficients(self.shape, self.n, point), dtype=torch.float64))
 
     def forward(self) -> Tensor:
-        v, c = self.vertices, self.coefficients
+        # a copy, so that moving to another point before backward (num_samples > 1) keeps this graph valid
+        v, c = self.vertices, self.coefficients.clone()
         if self.shape == "line":
             return torch.lerp(v[0], v[1], c[1])
         out = v[0] * c[0]
@@ -377,6 +378,31 @@ def sample_point(model: nn.Module, generator: torch.Generator | None = None) -> 
     return point
 
 
+def sampled_loss(
+    model: nn.Module,
+    criterion: Callable[[Tensor, Tensor], Tensor],
+    inputs: Tensor,
+    targets: Tensor,
+    num_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Mean over ``num_samples`` chunks of the batch of the chunk's loss, each at a freshly sampled point.
+
+    One backward of the result trains every chunk's point (as the original's ``num_samples``).
+
+    Example: ``loss = sampled_loss(model, F.cross_entropy, x, y, num_samples=2)``
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    if num_samples > len(inputs):
+        raise ValueError(f"num_samples={num_samples} is more than the batch size {len(inputs)}: lower it")
+    losses = []
+    for x, y in zip(inputs.tensor_split(num_samples), targets.tensor_split(num_samples), strict=True):
+        sample_point(model, generator)
+        losses.append(criterion(model(x), y))
+    return torch.stack(losses).mean()
+
+
 def _config(model: nn.Module) -> SubspaceConfig:
     config = getattr(model, "subspace_config", None)
     if not isinstance(config, SubspaceConfig):
@@ -395,9 +421,11 @@ class _SquaredCosine(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, k: int, *tensors: Tensor) -> Tensor:
         a, b = tensors[:k], tensors[k:]
-        dot = torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]).sum()
-        norm_a = torch.stack(torch._foreach_norm(a)).square().sum()
-        norm_b = torch.stack(torch._foreach_norm(b)).square().sum()
+        sums = torch.zeros(3, dtype=a[0].dtype, device=a[0].device)
+        for x, y in zip(a, b, strict=True):  # one tensor pair at a time: the second read hits the cache
+            x, y = x.reshape(-1), y.reshape(-1)
+            sums += torch.stack((torch.dot(x, y), torch.dot(x, x), torch.dot(y, y)))
+        dot, norm_a, norm_b = sums.unbind()
         ctx.k = k
         ctx.save_for_backward(dot, norm_a, norm_b, *tensors)
         return dot.square() / (norm_a * norm_b)
@@ -407,8 +435,9 @@ class _SquaredCosine(torch.autograd.Function):
         dot, norm_a, norm_b, *tensors = ctx.saved_tensors
         a, b = tensors[: ctx.k], tensors[ctx.k :]
         scale = grad * 2 * dot / (norm_a * norm_b)
-        grad_a = [torch.addcmul(y, x, -dot / norm_a).mul_(scale) for x, y in zip(a, b, strict=True)]
-        grad_b = [torch.addcmul(x, y, -dot / norm_b).mul_(scale) for x, y in zip(a, b, strict=True)]
+        along_a, along_b = -dot / norm_a, -dot / norm_b
+        grad_a = [torch.addcmul(y, x, along_a).mul_(scale) for x, y in zip(a, b, strict=True)]
+        grad_b = [torch.addcmul(x, y, along_b).mul_(scale) for x, y in zip(a, b, strict=True)]
         return None, *grad_a, *grad_b
 
 

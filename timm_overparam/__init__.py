@@ -6,7 +6,7 @@ for every timm architecture.
 
 from timm_overparam.bn import BNStats, current_bn_stats, load_bn_stats, recalibrate_bn
 from timm_overparam.convert import ConversionReport, collapse, is_expanded, overparameterize
-from timm_overparam.evaluate import Metrics, SubspaceResults, evaluate_points, plot_points
+from timm_overparam.evaluate import Metrics, SubspaceResults, evaluate_model, evaluate_points, plot_points
 from timm_overparam.expand import ExpandOptions, ExpandProject, collapse_module, expand_module
 from timm_overparam.layers import OverparamConv1d, OverparamConv2d, OverparamLinear
 from timm_overparam.models import op as _op_models  # noqa: F401  (registers the entrypoints)
@@ -41,6 +41,7 @@ __all__ = [
     "collapse",
     "collapse_module",
     "current_bn_stats",
+    "evaluate_model",
     "evaluate_points",
     "expand_module",
     "extract_point",

@@ -104,16 +104,17 @@ def describe(dataset: Dataset) -> DataInfo:
     return DataInfo(num_classes=len(classes), in_chans=bands)
 
 
-def data_config(model: torch.nn.Module, args: Any) -> dict[str, Any]:
-    """timm's data config for ``model`` and the CLI args; a single mean/std is repeated per channel.
+def data_config(model: torch.nn.Module, args: Any, in_chans: int) -> dict[str, Any]:
+    """timm's data config for ``model`` and the CLI args, for ``in_chans`` channels.
 
-    A 3-channel mean (e.g. ImageNet's) on a 1-channel model becomes the average of the three.
+    A mean/std of another length (e.g. ImageNet's 3 values for a 1-channel model) becomes their
+    average repeated per channel.
     """
     config = resolve_data_config(vars(args), model=model)
-    chans = config["input_size"][0]
+    config["input_size"] = (in_chans, *config["input_size"][1:])
     for key in ("mean", "std"):
-        if len(config[key]) != chans:
-            config[key] = (sum(config[key]) / len(config[key]),) * chans
+        if len(config[key]) != in_chans:
+            config[key] = (sum(config[key]) / len(config[key]),) * in_chans
     return config
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -108,15 +108,38 @@ def _metrics(probs: Tensor, log_probs: Tensor, targets: Tensor) -> Metrics:
     )
 
 
+Gather = Callable[[Tensor], Tensor]
+
+
 @torch.no_grad()
-def _logits(model: nn.Module, loader: Iterable, device: torch.device) -> tuple[Tensor, Tensor]:
+def _logits(model: nn.Module, loader: Iterable, device: torch.device, gather: Gather | None) -> tuple[Tensor, Tensor]:
     outputs, targets = [], []
     for x, y, *_ in loader:
-        outputs.append(model(x.to(device)).float().cpu())
+        out, y = model(x.to(device)), y.to(device)
+        if gather is not None:  # every process's share, e.g. accelerator.gather_for_metrics
+            out, y = gather(out), gather(y)
+        outputs.append(out.float().cpu())
         targets.append(y.cpu())
     if not outputs:
         raise ValueError("the eval loader yielded no batches")
     return torch.cat(outputs), torch.cat(targets).long()
+
+
+def evaluate_model(model: nn.Module, loader: Iterable, gather: Gather | None = None) -> Metrics:
+    """Top-1/top-5, loss and ECE of ``model`` in eval mode on ``loader`` (its training flags are restored).
+
+    >>> data = [(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))]
+    >>> 0 <= evaluate_model(nn.Linear(3, 3), data).top1 <= 1
+    True
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        logits, targets = _logits(model, loader, next(model.parameters()).device, gather)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return _metrics(logits.softmax(1), logits.log_softmax(1), targets)
 
 
 def evaluate_points(
@@ -129,11 +152,13 @@ def evaluate_points(
     bn_batches: int | None = None,
     average: Literal["logits", "probs"] = "logits",
     tv_pairs: Sequence[tuple[Point, Point]] = (),
+    gather: Gather | None = None,
 ) -> SubspaceResults:
     """Metrics of each point, of ensembles of those points (averaged logits or probabilities), TV distances.
 
     ``loader`` yields ``(x, target)``; with BatchNorm every point first recalibrates on ``bn_batches``
-    of ``bn_loader``. Model point, BN statistics and training flags are restored afterwards.
+    of ``bn_loader``. Model point, BN statistics and training flags are restored afterwards. In a
+    distributed run pass each process's share as ``loader`` and ``gather=accelerator.gather_for_metrics``.
 
     Example: ``res = evaluate_points(m, val_loader, [0, 0.5, 1], [[0, 1]], bn_loader=train_loader)``
     """
@@ -170,7 +195,7 @@ def evaluate_points(
                 if has_bn:
                     recalibrate_bn(model, bn_loader, bn_batches, device)
                 model.eval()
-                out, y = _logits(model, loader, device)
+                out, y = _logits(model, loader, device, gather)
             if targets is not None and not torch.equal(y, targets):
                 raise ValueError(f"the eval loader gave point {p!r} other targets: it must not shuffle")
             logits.append(out)

@@ -289,12 +289,25 @@ def subspace(
     return model
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP / DataParallel / ``torch.compile`` wrappers (names then match the model's)."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def _subspace_tensors(model: nn.Module) -> dict[str, list[SubspaceParam]]:
     """The model's subspace parametrizations, grouped by the name of the module they belong to.
 
     Runs on every ``sample_point``: a plain recursion that skips the parametrizations' insides
     (``named_modules`` + ``is_parametrized`` costs 8x more on a model with 2000 modules).
+    A wrapped model (DDP, ``torch.compile``) is unwrapped first.
     """
+    model = _unwrap(model)
     groups: dict[str, list[SubspaceParam]] = {}
     seen: set[int] = set()
 
@@ -404,7 +417,7 @@ def sampled_loss(
 
 
 def _config(model: nn.Module) -> SubspaceConfig:
-    config = getattr(model, "subspace_config", None)
+    config = getattr(_unwrap(model), "subspace_config", None)
     if not isinstance(config, SubspaceConfig):
         raise ValueError("the model has no subspace_config: convert it with timm_overparam.subspace()")
     return config

@@ -1,0 +1,219 @@
+"""Command lines of train.py and validate.py: timm's flag names and meanings, YAML configs, point lists.
+
+Flags shared with timm's train.py/validate.py keep their names and meanings; the families add
+``--subspace-beta --layerwise --num-samples --eval-points --eval-ensembles --bn-recal-batches``.
+``-c config.yaml`` sets defaults from a YAML file (keys are flag names with underscores); an
+unknown key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import yaml
+from timm.utils import ParseKwargs
+
+from timm_overparam.data import DIGITS
+
+PlainPoint = float | tuple[float, ...]
+
+
+def parse_points(text: str | None) -> list[PlainPoint]:
+    """``"0,0.5,1"`` -> ``[0.0, 0.5, 1.0]``; simplex points as colon-separated coordinates.
+
+    >>> parse_points("0,0.5,1"), parse_points("0.2:0.8")
+    ([0.0, 0.5, 1.0], [(0.2, 0.8)])
+    """
+    if not text:
+        return []
+    points: list[PlainPoint] = []
+    for item in text.split(","):
+        try:
+            parts = [float(t) for t in item.split(":")]
+        except ValueError:
+            raise ValueError(f"bad point {item!r}: use a number in [0, 1] or coordinates like 0.2:0.3:0.5") from None
+        points.append(parts[0] if len(parts) == 1 else tuple(parts))
+    return points
+
+
+def parse_ensembles(text: str | None) -> list[list[PlainPoint]]:
+    """``"0+1,0+0.5+1"`` -> ``[[0.0, 1.0], [0.0, 0.5, 1.0]]`` (members joined by ``+``).
+
+    >>> parse_ensembles("0+1")
+    [[0.0, 1.0]]
+    """
+    if not text:
+        return []
+    return [parse_points(group.replace("+", ",")) for group in text.split(",")]
+
+
+def _data_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Dataset")
+    group.add_argument("--data-dir", default=None, help="path to the dataset")
+    group.add_argument(
+        "--dataset",
+        default=None,
+        help=f"{DIGITS!r} (embedded, the default without a data dir), '' or 'folder' for an image folder "
+        "(the default with one), or a timm name: torch/cifar10, torch/mnist, hfds/<id>, ...",
+    )
+    group.add_argument("--train-split", default="train", help="training split")
+    group.add_argument("--val-split", default="validation", help="validation split")
+    group.add_argument("--dataset-download", action="store_true", help="download torch/ datasets if missing")
+    group.add_argument("--num-classes", type=int, default=None, help="classes (default: the dataset's)")
+    group.add_argument("--in-chans", type=int, default=None, help="image channels (default: the dataset's)")
+    group.add_argument("--img-size", type=int, default=None, help="input image size (default: the model's)")
+    group.add_argument("--input-size", type=int, nargs=3, default=None, metavar="N", help="C H W, overrides")
+    group.add_argument("--crop-pct", type=float, default=None, help="eval center crop fraction")
+    group.add_argument("--mean", type=float, nargs="+", default=None, metavar="MEAN", help="pixel mean")
+    group.add_argument("--std", type=float, nargs="+", default=None, metavar="STD", help="pixel std")
+    group.add_argument("--interpolation", default="", help="resize interpolation (default: the model's)")
+    group.add_argument("-b", "--batch-size", type=int, default=64, help="batch size per process")
+    group.add_argument("-vb", "--validation-batch-size", type=int, default=None, help="eval batch size")
+    group.add_argument("-j", "--workers", type=int, default=0, help="data loading processes per process")
+
+
+def _model_args(parser: argparse.ArgumentParser, default_model: str) -> None:
+    group = parser.add_argument_group("Model")
+    group.add_argument("--model", default=default_model, help="timm name, e.g. resnet18_op3, resnet18_line")
+    group.add_argument("--pretrained", action="store_true", help="start from the base model's weights")
+    group.add_argument(
+        "--model-kwargs", nargs="*", default={}, action=ParseKwargs, help="create_model kwargs, k=v ..."
+    )
+    group.add_argument(
+        "--eval-points", default=None, help="subspace points to evaluate: 0,0.5,1 (simplex: 1:0:0,0.5:0.5:0)"
+    )
+    group.add_argument("--eval-ensembles", default=None, help="ensembles of evaluated points: 0+1,0+0.5+1")
+    group.add_argument(
+        "--ensemble-average", default="logits", choices=("logits", "probs"), help="what ensembles average"
+    )
+    group.add_argument(
+        "--bn-recal-batches", type=int, default=50, help="training batches to recalibrate BatchNorm per point"
+    )
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """The train.py parser.
+
+    >>> train_parser().parse_args(["--model", "resnet18_op3", "--epochs", "2"]).epochs
+    2
+    """
+    parser = argparse.ArgumentParser(
+        description="Train an over-parameterized (op) or subspace timm model with accelerate.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("-c", "--config", default="", metavar="FILE", help="YAML file of flag defaults")
+    _data_args(parser)
+    _model_args(parser, "resnet18_op3")
+    group = parser.add_argument_group("Model (training)")
+    group.add_argument("--initial-checkpoint", default="", help="load these weights (safetensors) first")
+    group.add_argument("--resume", default="", help="resume from a checkpoint folder (output/train/<exp>/last)")
+    group.add_argument("--drop", type=float, default=None, help="dropout rate")
+    group.add_argument("--drop-path", type=float, default=None, help="drop path rate")
+    group.add_argument("--grad-accum-steps", type=int, default=1, help="micro-batches per optimizer step")
+    group = parser.add_argument_group("Subspace training")
+    group.add_argument("--subspace-beta", type=float, default=1.0, help="weight of subspace_regularizer")
+    group.add_argument("--layerwise", action="store_true", help="sample one point per module")
+    group.add_argument("--num-samples", type=int, default=1, help="points per batch (batch split in chunks)")
+    group = parser.add_argument_group("Optimizer (timm's create_optimizer_v2)")
+    group.add_argument("--opt", default="sgd", help="optimizer name")
+    group.add_argument("--opt-eps", type=float, default=None, help="optimizer epsilon")
+    group.add_argument("--opt-betas", type=float, nargs="+", default=None, help="optimizer betas")
+    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    group.add_argument("--weight-decay", type=float, default=2e-5, help="weight decay")
+    group.add_argument("--clip-grad", type=float, default=None, help="clip gradient norm at this value")
+    group.add_argument("--lr", type=float, default=0.05, help="learning rate")
+    group = parser.add_argument_group("Schedule (timm's create_scheduler_v2)")
+    group.add_argument("--sched", default="cosine", help="cosine, step, multistep, plateau, tanh, poly")
+    group.add_argument("--epochs", type=int, default=10, help="epochs to train")
+    group.add_argument("--warmup-epochs", type=int, default=1, help="linear warm-up epochs")
+    group.add_argument("--warmup-lr", type=float, default=1e-5, help="warm-up start learning rate")
+    group.add_argument("--min-lr", type=float, default=0.0, help="lower bound of cyclic schedules")
+    group.add_argument("--decay-epochs", type=float, default=90, help="epoch interval of step decay")
+    group.add_argument("--decay-rate", type=float, default=0.1, help="step decay factor")
+    group.add_argument("--cooldown-epochs", type=int, default=0, help="epochs at min-lr after the schedule")
+    group.add_argument(
+        "--sched-on-updates",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="step the schedule every optimizer update (warm-up included) rather than every epoch",
+    )
+    group = parser.add_argument_group("Augmentation (train split; the embedded digits get none)")
+    group.add_argument("--no-aug", action="store_true", help="no training augmentation")
+    group.add_argument("--scale", type=float, nargs=2, default=[0.08, 1.0], help="random-resized-crop scale")
+    group.add_argument("--ratio", type=float, nargs=2, default=[3 / 4, 4 / 3], help="crop aspect ratio")
+    group.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
+    group.add_argument("--vflip", type=float, default=0.0, help="vertical flip probability")
+    group.add_argument("--color-jitter", type=float, default=0.4, help="color jitter factor")
+    group.add_argument("--aa", default=None, help="auto-augment policy, e.g. rand-m9-mstd0.5")
+    group.add_argument("--reprob", type=float, default=0.0, help="random erase probability")
+    group.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    group = parser.add_argument_group("Misc")
+    group.add_argument("--amp", action="store_true", help="mixed precision (accelerate)")
+    group.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"), help="amp dtype")
+    group.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3)")
+    group.add_argument("--model-ema-decay", type=float, default=0.998, help="EMA decay")
+    group.add_argument("--seed", type=int, default=42, help="random seed")
+    group.add_argument("--log-interval", type=int, default=50, help="batches between progress updates")
+    group.add_argument("--checkpoint-hist", type=int, default=10, help="best checkpoints to keep")
+    group.add_argument("--output", default="output/train", help="folder of experiment folders")
+    group.add_argument("--experiment", default="", help="experiment folder name (default: date-model-size)")
+    group.add_argument("--eval-metric", default="top1", help="metric that picks 'best' (e.g. top1, loss)")
+    group.add_argument("--log-wandb", action="store_true", help="log to wandb through accelerate's trackers")
+    group.add_argument("--wandb-project", default=None, help="wandb project (default: timm_overparam)")
+    group.add_argument("--wandb-tags", nargs="+", default=[], help="wandb tags")
+    return parser
+
+
+def validate_parser() -> argparse.ArgumentParser:
+    """The validate.py parser.
+
+    >>> validate_parser().parse_args(["--model", "resnet18", "--results-format", "csv"]).results_format
+    'csv'
+    """
+    parser = argparse.ArgumentParser(
+        description="Evaluate a timm, op or subspace model (collapsed, or at chosen subspace points).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("-c", "--config", default="", metavar="FILE", help="YAML file of flag defaults")
+    _data_args(parser)
+    _model_args(parser, "resnet18_op3")
+    parser.add_argument("--checkpoint", default="", help="a .safetensors file or a train.py checkpoint folder")
+    parser.add_argument("--use-ema", action="store_true", help="the checkpoint folder's EMA weights")
+    parser.add_argument("--reparam", action="store_true", help="timm reparameterize_model (collapses op)")
+    parser.add_argument("--results-file", default="", help="write the results record here")
+    parser.add_argument("--results-format", default="json", choices=("json", "csv"), help="results format")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the BatchNorm recalibration order")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (accelerate)")
+    parser.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"), help="amp dtype")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with ``parser`` after applying ``-c`` YAML defaults; the dataset follows the data dir.
+
+    >>> parse_args(train_parser(), []).dataset
+    'sklearn/digits'
+    """
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument("-c", "--config", default="")
+    known, rest = config_parser.parse_known_args(argv)
+    if known.config:
+        try:
+            with open(known.config) as f:
+                values = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"cannot read config {known.config!r}: {e}") from e
+        if not isinstance(values, dict):
+            raise ValueError(f"config {known.config!r} must be a mapping of flag names to values")
+        valid = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"config {known.config!r} has unknown keys {unknown}; valid: {sorted(valid)}")
+        parser.set_defaults(**values)
+    args = parser.parse_args(rest)
+    args.config = known.config
+    if args.dataset is None:
+        args.dataset = "" if args.data_dir else DIGITS
+    parse_points(args.eval_points), parse_ensembles(args.eval_ensembles)  # bad lists fail here, not later
+    return args

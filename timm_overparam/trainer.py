@@ -1,0 +1,396 @@
+"""The job behind train.py: an accelerate loop with timm's optimizer, scheduler and EMA.
+
+Evaluation every epoch works on copies of the unwrapped model: op models in collapsed form (with a
+check that collapsed and expanded logits agree), subspace models at the chosen points and
+ensembles, each point with recalibrated BatchNorm statistics. The experiment folder gets
+``args.yaml``, ``summary.csv``, ``results.json``, checkpoints (``last``, ``best``, history) and the
+stock-timm export (``collapsed.safetensors`` or ``point-<p>.safetensors``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import yaml
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import broadcast_object_list, set_seed
+from timm.loss import LabelSmoothingCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3, update_summary
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from timm_overparam.bn import recalibrate_bn
+from timm_overparam.checkpoint import Checkpoints, TrainerState
+from timm_overparam.cli import parse_ensembles, parse_points
+from timm_overparam.convert import collapse, is_expanded
+from timm_overparam.data import DIGITS, DataInfo, data_config, describe, loader, open_dataset, transforms
+from timm_overparam.evaluate import Metrics, evaluate_model, evaluate_points
+from timm_overparam.subspace import (
+    SubspaceConfig,
+    extract_point,
+    sampled_loss,
+    subspace_regularizer,
+)
+from timm_overparam.weights import load_weights, save_weights
+
+DECREASING = ("loss", "ece")  # metrics where lower is better
+DIGITS_SIZE = 32  # the 8x8 digits are upsampled to this unless --img-size says otherwise
+
+
+def family(model: nn.Module) -> str:
+    """``'op'`` (expanded tensors), ``'subspace'`` or ``'plain'``.
+
+    >>> family(nn.Linear(2, 2))
+    'plain'
+    """
+    if isinstance(getattr(model, "subspace_config", None), SubspaceConfig):
+        return "subspace"
+    return "op" if any(is_expanded(m) for m in model.modules()) else "plain"
+
+
+def create_model(args: argparse.Namespace, info: DataInfo) -> nn.Module:
+    """``timm.create_model`` from the CLI args (classes and channels default to the dataset's).
+
+    Example: ``create_model(args, DataInfo(num_classes=10, in_chans=1))``
+    """
+    if args.model not in timm.list_models():
+        close = timm.list_models(f"*{args.model.split('_')[0]}*")[:8]
+        raise ValueError(f"unknown model {args.model!r} (did you import timm_overparam?); similar: {close}")
+    kwargs = dict(args.model_kwargs or {})
+    for flag, key in (("drop", "drop_rate"), ("drop_path", "drop_path_rate")):
+        if getattr(args, flag, None) is not None:
+            kwargs[key] = getattr(args, flag)
+    subspace = args.model in timm.list_models(module="subspace")
+    if getattr(args, "layerwise", False):
+        if not subspace:
+            raise ValueError(f"--layerwise is for subspace models (<arch>_line/_curve/_simplex), not {args.model!r}")
+        kwargs["subspace_layerwise"] = True
+    return timm.create_model(
+        args.model,
+        pretrained=args.pretrained,
+        num_classes=args.num_classes or info.num_classes,
+        in_chans=args.in_chans or info.in_chans,
+        **kwargs,
+    )
+
+
+def default_points(model: nn.Module) -> list[Any]:
+    """Lines and curves: 0, 0.5, 1. Simplexes: every vertex and the centre."""
+    config: SubspaceConfig = model.subspace_config
+    if config.shape != "simplex":
+        return [0.0, 0.5, 1.0]
+    eye = torch.eye(config.n).tolist()
+    return [tuple(v) for v in eye] + [tuple([1.0 / config.n] * config.n)]
+
+
+def point_name(point: Any) -> str:
+    """A point as text for metric keys and file names: ``0.5``, ``0.2_0.3_0.5``.
+
+    >>> point_name(0.5), point_name((0.2, 0.8))
+    ('0.5', '0.2_0.8')
+    """
+    return "_".join(f"{float(t):g}" for t in point) if isinstance(point, (tuple, list)) else f"{float(point):g}"
+
+
+def _flat(metrics: Metrics, prefix: str = "") -> dict[str, float]:
+    return {f"{prefix}{k}": v for k, v in asdict(metrics).items()}
+
+
+def _rel_err(a: Tensor, b: Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def open_data(args: argparse.Namespace) -> tuple[Any, Any, DataInfo]:
+    """Train and validation datasets (without transforms yet) and their classes/channels."""
+    train_set = open_dataset(args.dataset, args.data_dir, args.train_split, download=args.dataset_download, train=True)
+    val_set = open_dataset(args.dataset, args.data_dir, args.val_split, download=args.dataset_download, train=False)
+    return train_set, val_set, describe(train_set)
+
+
+def set_transforms(args: argparse.Namespace, model: nn.Module, train_set: Any, val_set: Any) -> dict[str, Any]:
+    """Give both datasets timm's transforms for ``model``; returns the data config used."""
+    if args.img_size is None and args.input_size is None and args.dataset == DIGITS:
+        args.img_size = DIGITS_SIZE
+    in_chans = args.in_chans or describe(train_set).in_chans
+    config = data_config(model, args, in_chans)
+    digits = args.dataset == DIGITS
+    train_set.transform = transforms(config, args, train=True, digits=digits)
+    val_set.transform = transforms(config, args, train=False, digits=digits)
+    return config
+
+
+class Trainer:
+    """One training run (see the module docstring); ``run()`` does it all.
+
+    Example: ``Trainer(parse_args(train_parser(), ["--epochs", "1"])).run()``
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        mixed = {"float16": "fp16", "bfloat16": "bf16"}[args.amp_dtype] if args.amp else "no"
+        self.acc = Accelerator(
+            mixed_precision=mixed,
+            gradient_accumulation_steps=args.grad_accum_steps,
+            log_with="wandb" if args.log_wandb else None,
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            step_scheduler_with_optimizer=False,
+        )
+        set_seed(args.seed)
+        self.points = parse_points(args.eval_points)
+        self.ensembles = parse_ensembles(args.eval_ensembles)
+        if args.num_samples < 1 or args.grad_accum_steps < 1 or args.epochs < 1:
+            raise ValueError(
+                f"--num-samples, --grad-accum-steps and --epochs must be >= 1, got "
+                f"{args.num_samples}, {args.grad_accum_steps}, {args.epochs}"
+            )
+        train_set, val_set, info = open_data(args)
+        model = create_model(args, info)
+        if args.initial_checkpoint:
+            load_weights(model, args.initial_checkpoint)
+        self.kind = family(model)
+        if self.kind != "subspace" and (self.points or self.ensembles or args.num_samples > 1):
+            raise ValueError(f"--eval-points/--eval-ensembles/--num-samples need a subspace model, not {args.model!r}")
+        if self.kind == "subspace" and not self.points:
+            self.points = default_points(model)
+        self.config = set_transforms(args, model, train_set, val_set)
+        self.train_set = train_set
+        eval_batch = args.validation_batch_size or args.batch_size
+        train_loader = loader(train_set, args.batch_size, shuffle=True, workers=args.workers, seed=args.seed)
+        val_loader = loader(val_set, eval_batch, shuffle=False, workers=args.workers, seed=args.seed)
+        opt_kwargs = {k: v for k, v in (("eps", args.opt_eps), ("betas", args.opt_betas)) if v is not None}
+        optimizer = create_optimizer_v2(
+            model, args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum, **opt_kwargs
+        )
+        self.model, self.optimizer, self.train_loader, self.val_loader = self.acc.prepare(
+            model, optimizer, train_loader, val_loader
+        )
+        self.scheduler, self.epochs = create_scheduler_v2(
+            optimizer,
+            sched=args.sched,
+            num_epochs=args.epochs,
+            decay_epochs=args.decay_epochs,
+            decay_rate=args.decay_rate,
+            cooldown_epochs=args.cooldown_epochs,
+            min_lr=args.min_lr,
+            warmup_lr=args.warmup_lr,
+            warmup_epochs=args.warmup_epochs,
+            step_on_epochs=not args.sched_on_updates,
+            updates_per_epoch=math.ceil(len(self.train_loader) / args.grad_accum_steps),
+        )
+        self.ema = ModelEmaV3(self.unwrapped, decay=args.model_ema_decay) if args.model_ema else None
+        self.criterion = LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing else nn.CrossEntropyLoss()
+        self.folder = self._experiment_folder()
+        metric = args.eval_metric
+        self.checkpoints = Checkpoints(self.acc, self.folder, metric.split("_")[-1] in DECREASING, args.checkpoint_hist)
+        self.start_epoch, self.step = 0, 0
+        if args.resume:
+            state = self.checkpoints.load(args.resume, self.model, args.model, self.ema.module if self.ema else None)
+            self.start_epoch, self.step = state.epoch, state.step
+            if self.start_epoch:
+                self.scheduler.step(self.start_epoch)
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        return self.acc.unwrap_model(self.model)
+
+    def _experiment_folder(self) -> Path:
+        args = self.args
+        if args.resume and not args.experiment:
+            return Path(args.resume).resolve().parent
+        name = [args.experiment or f"{datetime.now():%Y%m%d-%H%M%S}-{args.model}-{self.config['input_size'][-1]}"]
+        broadcast_object_list(name)  # every process writes to the main process's folder
+        return Path(args.output) / name[0]
+
+    # ------------------------------------------------------------------------------------ training
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over the training data; returns the mean loss over every process."""
+        args, acc, model = self.args, self.acc, self.model
+        model.train()
+        self.train_loader.set_epoch(epoch)
+        total, count = torch.zeros((), device=acc.device), 0
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", disable=not acc.is_local_main_process, leave=False)
+        for i, (x, y) in enumerate(bar):
+            with acc.accumulate(model):
+                if self.kind == "subspace":
+                    loss = sampled_loss(model, self.criterion, x, y, args.num_samples)
+                    if args.subspace_beta:
+                        loss = loss + args.subspace_beta * subspace_regularizer(self.unwrapped)
+                else:
+                    loss = self.criterion(model(x), y)
+                finite = acc.gather(torch.isfinite(loss.detach()).reshape(1)).all()
+                if not finite:
+                    raise FloatingPointError(
+                        f"the loss is {loss.item()} at epoch {epoch}, batch {i}: training stopped, the last "
+                        f"checkpoint in {str(self.folder)!r} is untouched (lower --lr or set --clip-grad)"
+                    )
+                acc.backward(loss)
+                if args.clip_grad and acc.sync_gradients:
+                    acc.clip_grad_norm_(model.parameters(), args.clip_grad)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            if acc.sync_gradients:
+                self.step += 1
+                self.scheduler.step_update(self.step)
+                if self.ema is not None:
+                    self.ema.update(self.unwrapped, step=self.step)
+            total += loss.detach() * len(x)
+            count += len(x)
+            if i % args.log_interval == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
+        loss_sum = acc.reduce(torch.stack([total, torch.tensor(float(count), device=acc.device)]), "sum")
+        return {"loss": (loss_sum[0] / loss_sum[1]).item()}
+
+    # ---------------------------------------------------------------------------------- evaluation
+    def bn_loader(self, epoch: int) -> Iterable:
+        """Training batches for BatchNorm recalibration: the same on every process and after a resume."""
+        return loader(self.train_set, self.args.batch_size, shuffle=True, workers=0, seed=self.args.seed + epoch)
+
+    def evaluate(self, model: nn.Module, epoch: int) -> tuple[dict[str, float], Any]:
+        """Metrics of ``model`` (unwrapped; never changed): collapsed, at points, or as it is."""
+        gather = self.acc.gather_for_metrics
+        if self.kind == "op":
+            plain = collapse(model)
+            metrics = _flat(evaluate_model(plain, self.val_loader, gather))
+            metrics["collapse_rel_err"] = self.check_collapse(model, plain)
+            return metrics, None
+        if self.kind == "subspace":
+            res = evaluate_points(
+                model,
+                self.val_loader,
+                self.points,
+                self.ensembles,
+                bn_loader=self.bn_loader(epoch),
+                bn_batches=self.args.bn_recal_batches,
+                average=self.args.ensemble_average,
+                gather=gather,
+            )
+            metrics = {k: sum(getattr(m, k) for m in res.metrics) / len(res.metrics) for k in asdict(res.metrics[0])}
+            for p, m in zip(res.points, res.metrics, strict=True):
+                metrics |= _flat(m, f"point{point_name(p)}_")
+            for e, m in zip(res.ensembles, res.ensemble_metrics, strict=True):
+                metrics |= _flat(m, f"ens{'+'.join(point_name(p) for p in e)}_")
+            return metrics, res
+        return _flat(evaluate_model(model, self.val_loader, gather)), None
+
+    @torch.no_grad()
+    def check_collapse(self, expanded: nn.Module, plain: nn.Module) -> float:
+        """Relative error between expanded and collapsed eval logits on the first validation batch."""
+        x, _ = next(iter(self.val_loader))
+        modes = {m: m.training for m in expanded.modules()}
+        expanded.eval()
+        try:
+            err = _rel_err(expanded(x).float(), plain.eval()(x).float())
+        finally:
+            for m, training in modes.items():
+                m.training = training
+        limit = 1e-4 if self.acc.mixed_precision == "no" else 5e-2
+        if not err <= limit:
+            raise RuntimeError(f"collapsed and expanded logits differ by {err:.3g} (relative; limit {limit})")
+        return err
+
+    # ------------------------------------------------------------------------------------ the run
+    def run(self) -> dict[str, Any]:
+        """Train, evaluate and checkpoint every epoch, export; returns the results record."""
+        args, acc = self.args, self.acc
+        if acc.is_main_process:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self.folder / ".args.yaml.tmp"
+            tmp.write_text(yaml.safe_dump(vars(args), sort_keys=False))
+            os.replace(tmp, self.folder / "args.yaml")
+        if args.log_wandb:
+            acc.init_trackers(
+                args.wandb_project or "timm_overparam",
+                config=vars(args),
+                init_kwargs={"wandb": {"name": self.folder.name, "tags": args.wandb_tags, "dir": str(self.folder)}},
+            )
+        self.log(f"{args.model} ({self.kind}): {self.folder}")
+        metrics: dict[str, float] = {}
+        best_epoch, best_metric = None, self.checkpoints.best_metric()
+        for epoch in range(self.start_epoch, self.epochs):
+            start = time.perf_counter()
+            train = self.train_epoch(epoch)
+            metrics, _ = self.evaluate(self.unwrapped, epoch)
+            if self.ema is not None:
+                metrics |= {f"ema_{k}": v for k, v in self.evaluate(self.ema.module, epoch)[0].items()}
+            if args.eval_metric not in metrics:
+                raise ValueError(f"--eval-metric {args.eval_metric!r} is not one of {sorted(metrics)}")
+            self.scheduler.step(epoch + 1, metrics[args.eval_metric])
+            state = TrainerState(args.model, epoch + 1, self.step, metrics[args.eval_metric], args.eval_metric)
+            state.model_kwargs = dict(args.model_kwargs or {})
+            if self.checkpoints.save(state, self.ema.module if self.ema else None):
+                best_epoch, best_metric = epoch, metrics[args.eval_metric]
+            lr = self.optimizer.param_groups[0]["lr"]
+            if acc.is_main_process:
+                update_summary(epoch, train, metrics, self.folder / "summary.csv", lr=lr, write_header=epoch == 0)
+            acc.log({"train_loss": train["loss"], "lr": lr, **metrics}, step=epoch)
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "_" not in k)
+            self.log(f"epoch {epoch}: train loss {train['loss']:.4f}, {shown} ({time.perf_counter() - start:.1f} s)")
+        results = self.finish(metrics, best_epoch, best_metric)
+        acc.end_training()
+        return results
+
+    def finish(self, metrics: dict[str, float], best_epoch: int | None, best_metric: float | None) -> dict[str, Any]:
+        """Exports and ``results.json``; for op models also the expanded model's accuracy."""
+        model = self.unwrapped
+        results: dict[str, Any] = {
+            "model": self.args.model,
+            "family": self.kind,
+            "epochs": self.epochs,
+            "eval_metric": self.args.eval_metric,
+            "best_metric": best_metric,
+            "best_epoch": best_epoch,
+            "final": metrics,
+            "param_count": sum(p.numel() for p in model.parameters()),
+        }
+        exports = []
+        if self.kind == "op":
+            plain = collapse(model)
+            expanded = _flat(evaluate_model(model, self.val_loader, self.acc.gather_for_metrics))
+            results |= {"expanded": expanded, "param_count_collapsed": sum(p.numel() for p in plain.parameters())}
+            if self.acc.is_main_process:
+                exports.append(save_weights(plain, self.folder / "collapsed.safetensors"))
+            self.log(
+                f"top-1: expanded {100 * expanded['top1']:.2f}%, collapsed {100 * metrics['top1']:.2f}%; "
+                f"parameters: expanded {results['param_count']:,}, collapsed {results['param_count_collapsed']:,}"
+            )
+        elif self.kind == "subspace":
+            for p in self.points:
+                plain = extract_point(model, p)
+                if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in plain.modules()):
+                    recalibrate_bn(plain, self.bn_loader(self.epochs), self.args.bn_recal_batches, self.acc.device)
+                if self.acc.is_main_process:
+                    exports.append(save_weights(plain, self.folder / f"point-{point_name(p)}.safetensors"))
+            results["param_count_point"] = sum(p.numel() for p in plain.parameters())
+        results["exports"] = [str(p) for p in exports]
+        if self.acc.is_main_process:
+            tmp = self.folder / ".results.json.tmp"
+            tmp.write_text(json.dumps(results, indent=2))
+            os.replace(tmp, self.folder / "results.json")
+        self.acc.wait_for_everyone()
+        return results
+
+    def log(self, text: str) -> None:
+        if self.acc.is_main_process:
+            print(text, flush=True)
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run train.py's job for parsed ``args``; returns the results record (also in ``results.json``).
+
+    Example: ``train(parse_args(train_parser(), ["--model", "resnet18_op3", "--epochs", "2"]))``
+    """
+    return Trainer(args).run()
+

@@ -80,7 +80,9 @@ class Checkpoints:
     Example: ``Checkpoints(accelerator, "output/train/exp", decreasing=False, history=3).save(state)``
     """
 
-    def __init__(self, accelerator: Accelerator, folder: str | os.PathLike, decreasing: bool, history: int) -> None:
+    def __init__(
+        self, accelerator: Accelerator, folder: str | os.PathLike, decreasing: bool, history: int
+    ) -> None:
         if history < 1:
             raise ValueError(f"checkpoint history must be >= 1, got {history}")
         self.accelerator = accelerator
@@ -136,7 +138,9 @@ class Checkpoints:
         return improved
 
     def _prune(self) -> None:
-        keep = {os.readlink(self.folder / link) for link in ("last", "best") if (self.folder / link).is_symlink()}
+        keep = {
+            os.readlink(self.folder / link) for link in ("last", "best") if (self.folder / link).is_symlink()
+        }
         scored = []
         for path in self.folder.glob("checkpoint-*"):
             state = read_state(path)
@@ -161,7 +165,9 @@ class Checkpoints:
             raise ValueError(
                 f"{str(folder)!r} was trained as {state.model!r}, not {model_name!r}: resume with --model {state.model}"
             )
-        load_weights(self.accelerator.unwrap_model(model), folder / MODEL_FILE)  # checks every key and shape, then loads
+        load_weights(
+            self.accelerator.unwrap_model(model), folder / MODEL_FILE
+        )  # checks every key and shape, then loads
         try:
             self.accelerator.load_state(str(folder))
         except Exception as e:  # accelerate's own files (optimizer.bin, random_states_*.pkl)

@@ -32,7 +32,9 @@ def parse_points(text: str | None) -> list[PlainPoint]:
         try:
             parts = [float(t) for t in item.split(":")]
         except ValueError:
-            raise ValueError(f"bad point {item!r}: use a number in [0, 1] or coordinates like 0.2:0.3:0.5") from None
+            raise ValueError(
+                f"bad point {item!r}: use a number in [0, 1] or coordinates like 0.2:0.3:0.5"
+            ) from None
         points.append(parts[0] if len(parts) == 1 else tuple(parts))
     return points
 
@@ -107,7 +109,9 @@ def train_parser() -> argparse.ArgumentParser:
     _model_args(parser, "resnet18_op3")
     group = parser.add_argument_group("Model (training)")
     group.add_argument("--initial-checkpoint", default="", help="load these weights (safetensors) first")
-    group.add_argument("--resume", default="", help="resume from a checkpoint folder (output/train/<exp>/last)")
+    group.add_argument(
+        "--resume", default="", help="resume from a checkpoint folder (output/train/<exp>/last)"
+    )
     group.add_argument("--drop", type=float, default=None, help="dropout rate")
     group.add_argument("--drop-path", type=float, default=None, help="drop path rate")
     group.add_argument("--grad-accum-steps", type=int, default=1, help="micro-batches per optimizer step")
@@ -151,11 +155,13 @@ def train_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("Misc")
     group.add_argument("--amp", action="store_true", help="mixed precision (accelerate)")
     group.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"), help="amp dtype")
-    group.add_argument("--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3)")
+    group.add_argument(
+        "--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3)"
+    )
     group.add_argument("--model-ema-decay", type=float, default=0.998, help="EMA decay")
     group.add_argument("--seed", type=int, default=42, help="random seed")
     group.add_argument("--log-interval", type=int, default=50, help="batches between progress updates")
-    group.add_argument("--checkpoint-hist", type=int, default=10, help="best checkpoints to keep")
+    group.add_argument("--checkpoint-hist", type=int, default=2, help="best checkpoints to keep")
     group.add_argument("--output", default="output/train", help="folder of experiment folders")
     group.add_argument("--experiment", default="", help="experiment folder name (default: date-model-size)")
     group.add_argument("--eval-metric", default="top1", help="metric that picks 'best' (e.g. top1, loss)")
@@ -178,7 +184,9 @@ def validate_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", default="", metavar="FILE", help="YAML file of flag defaults")
     _data_args(parser)
     _model_args(parser, "resnet18_op3")
-    parser.add_argument("--checkpoint", default="", help="a .safetensors file or a train.py checkpoint folder")
+    parser.add_argument(
+        "--checkpoint", default="", help="a .safetensors file or a train.py checkpoint folder"
+    )
     parser.add_argument("--use-ema", action="store_true", help="the checkpoint folder's EMA weights")
     parser.add_argument("--reparam", action="store_true", help="timm reparameterize_model (collapses op)")
     parser.add_argument("--results-file", default="", help="write the results record here")

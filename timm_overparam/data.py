@@ -86,7 +86,9 @@ def open_dataset(name: str, root: str | None, split: str, *, download: bool = Fa
         )
     except (RuntimeError, AssertionError, FileNotFoundError) as e:
         hint = " (add --dataset-download to fetch it)" if name.startswith("torch/") and not download else ""
-        raise ValueError(f"cannot open dataset {name or 'folder'!r} split {split!r} in {root!r}: {e}{hint}") from e
+        raise ValueError(
+            f"cannot open dataset {name or 'folder'!r} split {split!r} in {root!r}: {e}{hint}"
+        ) from e
 
 
 def describe(dataset: Dataset) -> DataInfo:
@@ -100,7 +102,9 @@ def describe(dataset: Dataset) -> DataInfo:
         classes = getattr(reader, "class_to_idx", None)
     if classes is None:
         raise ValueError("cannot tell the number of classes of the dataset: pass --num-classes")
-    bands = len(image.convert("RGB").getbands()) if image.mode in ("P", "RGBA", "CMYK") else len(image.getbands())
+    bands = (
+        len(image.convert("RGB").getbands()) if image.mode in ("P", "RGBA", "CMYK") else len(image.getbands())
+    )
     return DataInfo(num_classes=len(classes), in_chans=bands)
 
 

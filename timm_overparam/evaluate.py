@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from timm_overparam.bn import current_bn_stats, load_bn_stats, recalibrate_bn
+from timm_overparam.bn import BNStats, current_bn_stats, load_bn_stats, recalibrate_bn
 from timm_overparam.subspace import Point, at_point
 
 # a point as plain data: a number, barycentric coordinates, or {module name: point}
@@ -46,6 +46,9 @@ class Metrics:
 class SubspaceResults:
     """What ``evaluate_points`` measured, as plain data: ``metrics[i]`` belongs to ``points[i]``.
 
+    ``bn_stats[i]`` (BatchNorm models) are the statistics point ``i`` was evaluated with, for
+    ``extract_point(model, points[i], bn_stats[i])``; they are left out of ``to_dict()``.
+
     Example: ``res.metrics[res.points.index(0.5)].top1``, ``res.ensemble_metrics[0].ece``
     """
 
@@ -57,6 +60,7 @@ class SubspaceResults:
     tv: list[float]
     average: str
     num_samples: int
+    bn_stats: list[BNStats] = field(default_factory=list, repr=False, compare=False)  # per point, if BN
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready records: ``points``, ``ensembles`` (``members``), ``tv`` (``a``, ``b``, ``tv``).
@@ -112,7 +116,9 @@ Gather = Callable[[Tensor], Tensor]
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, loader: Iterable, device: torch.device, gather: Gather | None) -> tuple[Tensor, Tensor]:
+def _logits(
+    model: nn.Module, loader: Iterable, device: torch.device, gather: Gather | None
+) -> tuple[Tensor, Tensor]:
     outputs, targets = [], []
     for x, y, *_ in loader:
         out, y = model(x.to(device)), y.to(device)
@@ -188,12 +194,13 @@ def evaluate_points(
     device = next(model.parameters()).device
     modes = {m: m.training for m in model.modules()}
     logits: list[Tensor] = []
+    bn_stats: list[BNStats] = []
     targets: Tensor | None = None
     try:
         for p in points:
             with at_point(model, p), parametrize.cached():
                 if has_bn:
-                    recalibrate_bn(model, bn_loader, bn_batches, device)
+                    bn_stats.append(recalibrate_bn(model, bn_loader, bn_batches, device))
                 model.eval()
                 out, y = _logits(model, loader, device, gather)
             if targets is not None and not torch.equal(y, targets):
@@ -225,6 +232,7 @@ def evaluate_points(
         ],
         average=average,
         num_samples=len(targets),
+        bn_stats=bn_stats,
     )
 
 

@@ -32,7 +32,6 @@ from timm.utils import ModelEmaV3, update_summary
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from timm_overparam.bn import recalibrate_bn
 from timm_overparam.checkpoint import Checkpoints, TrainerState
 from timm_overparam.cli import parse_ensembles, parse_points
 from timm_overparam.convert import collapse, is_expanded
@@ -76,7 +75,9 @@ def create_model(args: argparse.Namespace, info: DataInfo) -> nn.Module:
     subspace = args.model in timm.list_models(module="subspace")
     if getattr(args, "layerwise", False):
         if not subspace:
-            raise ValueError(f"--layerwise is for subspace models (<arch>_line/_curve/_simplex), not {args.model!r}")
+            raise ValueError(
+                f"--layerwise is for subspace models (<arch>_line/_curve/_simplex), not {args.model!r}"
+            )
         kwargs["subspace_layerwise"] = True
     return timm.create_model(
         args.model,
@@ -102,7 +103,9 @@ def point_name(point: Any) -> str:
     >>> point_name(0.5), point_name((0.2, 0.8))
     ('0.5', '0.2_0.8')
     """
-    return "_".join(f"{float(t):g}" for t in point) if isinstance(point, (tuple, list)) else f"{float(point):g}"
+    return (
+        "_".join(f"{float(t):g}" for t in point) if isinstance(point, (tuple, list)) else f"{float(point):g}"
+    )
 
 
 def _flat(metrics: Metrics, prefix: str = "") -> dict[str, float]:
@@ -115,19 +118,26 @@ def _rel_err(a: Tensor, b: Tensor) -> float:
 
 def open_data(args: argparse.Namespace) -> tuple[Any, Any, DataInfo]:
     """Train and validation datasets (without transforms yet) and their classes/channels."""
-    train_set = open_dataset(args.dataset, args.data_dir, args.train_split, download=args.dataset_download, train=True)
-    val_set = open_dataset(args.dataset, args.data_dir, args.val_split, download=args.dataset_download, train=False)
+    train_set = open_dataset(
+        args.dataset, args.data_dir, args.train_split, download=args.dataset_download, train=True
+    )
+    val_set = open_dataset(
+        args.dataset, args.data_dir, args.val_split, download=args.dataset_download, train=False
+    )
     return train_set, val_set, describe(train_set)
 
 
-def set_transforms(args: argparse.Namespace, model: nn.Module, train_set: Any, val_set: Any) -> dict[str, Any]:
-    """Give both datasets timm's transforms for ``model``; returns the data config used."""
+def set_transforms(
+    args: argparse.Namespace, model: nn.Module, train_set: Any, val_set: Any, augment: bool = True
+) -> dict[str, Any]:
+    """Give both datasets timm's transforms for ``model`` (the train set's without augmentation
+    unless ``augment``); returns the data config used."""
     if args.img_size is None and args.input_size is None and args.dataset == DIGITS:
         args.img_size = DIGITS_SIZE
     in_chans = args.in_chans or describe(train_set).in_chans
     config = data_config(model, args, in_chans)
     digits = args.dataset == DIGITS
-    train_set.transform = transforms(config, args, train=True, digits=digits)
+    train_set.transform = transforms(config, args, train=augment, digits=digits)
     val_set.transform = transforms(config, args, train=False, digits=digits)
     return config
 
@@ -162,7 +172,9 @@ class Trainer:
             load_weights(model, args.initial_checkpoint)
         self.kind = family(model)
         if self.kind != "subspace" and (self.points or self.ensembles or args.num_samples > 1):
-            raise ValueError(f"--eval-points/--eval-ensembles/--num-samples need a subspace model, not {args.model!r}")
+            raise ValueError(
+                f"--eval-points/--eval-ensembles/--num-samples need a subspace model, not {args.model!r}"
+            )
         if self.kind == "subspace" and not self.points:
             self.points = default_points(model)
         self.config = set_transforms(args, model, train_set, val_set)
@@ -191,13 +203,20 @@ class Trainer:
             updates_per_epoch=math.ceil(len(self.train_loader) / args.grad_accum_steps),
         )
         self.ema = ModelEmaV3(self.unwrapped, decay=args.model_ema_decay) if args.model_ema else None
-        self.criterion = LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing else nn.CrossEntropyLoss()
+        self.criterion = (
+            LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing else nn.CrossEntropyLoss()
+        )
         self.folder = self._experiment_folder()
         metric = args.eval_metric
-        self.checkpoints = Checkpoints(self.acc, self.folder, metric.split("_")[-1] in DECREASING, args.checkpoint_hist)
+        self.checkpoints = Checkpoints(
+            self.acc, self.folder, metric.split("_")[-1] in DECREASING, args.checkpoint_hist
+        )
         self.start_epoch, self.step = 0, 0
+        self.points_result: Any = None  # the latest evaluate_points result of the training model
         if args.resume:
-            state = self.checkpoints.load(args.resume, self.model, args.model, self.ema.module if self.ema else None)
+            state = self.checkpoints.load(
+                args.resume, self.model, args.model, self.ema.module if self.ema else None
+            )
             self.start_epoch, self.step = state.epoch, state.step
             if self.start_epoch:
                 self.scheduler.step(self.start_epoch)
@@ -210,7 +229,9 @@ class Trainer:
         args = self.args
         if args.resume and not args.experiment:
             return Path(args.resume).resolve().parent
-        name = [args.experiment or f"{datetime.now():%Y%m%d-%H%M%S}-{args.model}-{self.config['input_size'][-1]}"]
+        name = [
+            args.experiment or f"{datetime.now():%Y%m%d-%H%M%S}-{args.model}-{self.config['input_size'][-1]}"
+        ]
         broadcast_object_list(name)  # every process writes to the main process's folder
         return Path(args.output) / name[0]
 
@@ -221,7 +242,9 @@ class Trainer:
         model.train()
         self.train_loader.set_epoch(epoch)
         total, count = torch.zeros((), device=acc.device), 0
-        bar = tqdm(self.train_loader, desc=f"epoch {epoch}", disable=not acc.is_local_main_process, leave=False)
+        bar = tqdm(
+            self.train_loader, desc=f"epoch {epoch}", disable=not acc.is_local_main_process, leave=False
+        )
         for i, (x, y) in enumerate(bar):
             with acc.accumulate(model):
                 if self.kind == "subspace":
@@ -256,7 +279,9 @@ class Trainer:
     # ---------------------------------------------------------------------------------- evaluation
     def bn_loader(self, epoch: int) -> Iterable:
         """Training batches for BatchNorm recalibration: the same on every process and after a resume."""
-        return loader(self.train_set, self.args.batch_size, shuffle=True, workers=0, seed=self.args.seed + epoch)
+        return loader(
+            self.train_set, self.args.batch_size, shuffle=True, workers=0, seed=self.args.seed + epoch
+        )
 
     def evaluate(self, model: nn.Module, epoch: int) -> tuple[dict[str, float], Any]:
         """Metrics of ``model`` (unwrapped; never changed): collapsed, at points, or as it is."""
@@ -277,11 +302,14 @@ class Trainer:
                 average=self.args.ensemble_average,
                 gather=gather,
             )
-            metrics = {k: sum(getattr(m, k) for m in res.metrics) / len(res.metrics) for k in asdict(res.metrics[0])}
+            metrics = {
+                k: sum(getattr(m, k) for m in res.metrics) / len(res.metrics) for k in asdict(res.metrics[0])
+            }
             for p, m in zip(res.points, res.metrics, strict=True):
                 metrics |= _flat(m, f"point{point_name(p)}_")
             for e, m in zip(res.ensembles, res.ensemble_metrics, strict=True):
                 metrics |= _flat(m, f"ens{'+'.join(point_name(p) for p in e)}_")
+            self.points_result = res
             return metrics, res
         return _flat(evaluate_model(model, self.val_loader, gather)), None
 
@@ -314,7 +342,9 @@ class Trainer:
             acc.init_trackers(
                 args.wandb_project or "timm_overparam",
                 config=vars(args),
-                init_kwargs={"wandb": {"name": self.folder.name, "tags": args.wandb_tags, "dir": str(self.folder)}},
+                init_kwargs={
+                    "wandb": {"name": self.folder.name, "tags": args.wandb_tags, "dir": str(self.folder)}
+                },
             )
         self.log(f"{args.model} ({self.kind}): {self.folder}")
         metrics: dict[str, float] = {}
@@ -324,25 +354,34 @@ class Trainer:
             train = self.train_epoch(epoch)
             metrics, _ = self.evaluate(self.unwrapped, epoch)
             if self.ema is not None:
+                points_result = self.points_result
                 metrics |= {f"ema_{k}": v for k, v in self.evaluate(self.ema.module, epoch)[0].items()}
+                self.points_result = points_result
             if args.eval_metric not in metrics:
                 raise ValueError(f"--eval-metric {args.eval_metric!r} is not one of {sorted(metrics)}")
             self.scheduler.step(epoch + 1, metrics[args.eval_metric])
-            state = TrainerState(args.model, epoch + 1, self.step, metrics[args.eval_metric], args.eval_metric)
+            state = TrainerState(
+                args.model, epoch + 1, self.step, metrics[args.eval_metric], args.eval_metric
+            )
             state.model_kwargs = dict(args.model_kwargs or {})
             if self.checkpoints.save(state, self.ema.module if self.ema else None):
                 best_epoch, best_metric = epoch, metrics[args.eval_metric]
             lr = self.optimizer.param_groups[0]["lr"]
             if acc.is_main_process:
-                update_summary(epoch, train, metrics, self.folder / "summary.csv", lr=lr, write_header=epoch == 0)
+                summary = self.folder / "summary.csv"
+                update_summary(epoch, train, metrics, summary, lr=lr, write_header=not summary.exists())
             acc.log({"train_loss": train["loss"], "lr": lr, **metrics}, step=epoch)
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "_" not in k)
-            self.log(f"epoch {epoch}: train loss {train['loss']:.4f}, {shown} ({time.perf_counter() - start:.1f} s)")
+            self.log(
+                f"epoch {epoch}: train loss {train['loss']:.4f}, {shown} ({time.perf_counter() - start:.1f} s)"
+            )
         results = self.finish(metrics, best_epoch, best_metric)
         acc.end_training()
         return results
 
-    def finish(self, metrics: dict[str, float], best_epoch: int | None, best_metric: float | None) -> dict[str, Any]:
+    def finish(
+        self, metrics: dict[str, float], best_epoch: int | None, best_metric: float | None
+    ) -> dict[str, Any]:
         """Exports and ``results.json``; for op models also the expanded model's accuracy."""
         model = self.unwrapped
         results: dict[str, Any] = {
@@ -359,7 +398,10 @@ class Trainer:
         if self.kind == "op":
             plain = collapse(model)
             expanded = _flat(evaluate_model(model, self.val_loader, self.acc.gather_for_metrics))
-            results |= {"expanded": expanded, "param_count_collapsed": sum(p.numel() for p in plain.parameters())}
+            results |= {
+                "expanded": expanded,
+                "param_count_collapsed": sum(p.numel() for p in plain.parameters()),
+            }
             if self.acc.is_main_process:
                 exports.append(save_weights(plain, self.folder / "collapsed.safetensors"))
             self.log(
@@ -367,10 +409,11 @@ class Trainer:
                 f"parameters: expanded {results['param_count']:,}, collapsed {results['param_count_collapsed']:,}"
             )
         elif self.kind == "subspace":
-            for p in self.points:
-                plain = extract_point(model, p)
-                if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in plain.modules()):
-                    recalibrate_bn(plain, self.bn_loader(self.epochs), self.args.bn_recal_batches, self.acc.device)
+            if self.points_result is None:  # resumed after the last epoch: evaluate once more
+                self.evaluate(model, self.epochs - 1)
+            res = self.points_result
+            for i, p in enumerate(self.points):
+                plain = extract_point(model, p, res.bn_stats[i] if res.bn_stats else None)  # as evaluated
                 if self.acc.is_main_process:
                     exports.append(save_weights(plain, self.folder / f"point-{point_name(p)}.safetensors"))
             results["param_count_point"] = sum(p.numel() for p in plain.parameters())
@@ -393,4 +436,3 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     Example: ``train(parse_args(train_parser(), ["--model", "resnet18_op3", "--epochs", "2"]))``
     """
     return Trainer(args).run()
-

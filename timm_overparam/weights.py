@@ -12,6 +12,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_weights(
     module: nn.Module,
     path: str | os.PathLike,
@@ -41,6 +47,7 @@ def save_weights(
     os.close(fd)
     try:
         save_file(state, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a weights file is not
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -64,7 +71,9 @@ def load_weights(module: nn.Module, path: str | os.PathLike) -> None:
         with safe_open(path, framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{str(path)!r} is not a readable safetensors file (truncated or foreign?): {e}") from e
+        raise ValueError(
+            f"{str(path)!r} is not a readable safetensors file (truncated or foreign?): {e}"
+        ) from e
     missing, unknown = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
     if missing or unknown:
         raise ValueError(

@@ -1,0 +1,262 @@
+"""train.py / validate.py end to end on the embedded digits: op and line runs, resume, exports, errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from PIL import Image
+
+from timm_overparam.cli import parse_args, train_parser, validate_parser
+from timm_overparam.trainer import train
+from timm_overparam.validation import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--model", "test_resnet_op2", "-b", "128", "--warmup-epochs", "0", "--lr", "0.1"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+
+
+def run(tmp_path: Path, *argv: str) -> dict:
+    return train(parse_args(train_parser(), ["--output", str(tmp_path), *argv]))
+
+
+def rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_op_run_collapses_exactly_and_exports_a_stock_model(tmp_path):
+    res = run(tmp_path, *FAST, "--epochs", "2", "--experiment", "op")
+    folder = tmp_path / "op"
+    assert res["family"] == "op" and res["expanded"]["top1"] == res["final"]["top1"] > 0.3
+    assert res["param_count"] > res["param_count_collapsed"]
+    assert res["final"]["collapse_rel_err"] < 1e-4
+    assert [r["epoch"] for r in rows(folder)] == ["0", "1"]
+    assert {"train_loss", "eval_top1", "eval_top5", "eval_loss", "eval_ece", "lr"} <= set(rows(folder)[0])
+    assert os.readlink(folder / "last") == "checkpoint-2"
+    assert (folder / "args.yaml").read_text().startswith("config:")
+    # the export loads into stock timm without the plugin, in a fresh interpreter
+    code = (
+        "import sys, timm; m = timm.create_model('test_resnet', pretrained=True, num_classes=10, in_chans=1, "
+        "pretrained_cfg_overlay=dict(file=sys.argv[1])); "
+        "print('timm_overparam' in sys.modules, sum(p.numel() for p in m.parameters()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(folder / "collapsed.safetensors")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    ).stdout.split()
+    assert out == ["False", str(res["param_count_collapsed"])]
+    # validate.py on the checkpoint folder and on the export agree
+    ckpt = validate(
+        parse_args(validate_parser(), ["--model", "test_resnet_op2", "--checkpoint", str(folder / "last")])
+    )
+    stock = validate(
+        parse_args(
+            validate_parser(),
+            ["--model", "test_resnet", "--checkpoint", str(folder / "collapsed.safetensors")],
+        )
+    )
+    assert ckpt["top1"] == stock["top1"] == pytest.approx(100 * res["final"]["top1"], abs=1e-3)
+    assert ckpt["param_count_expanded"] > ckpt["param_count_collapsed"] == stock["param_count"]
+
+
+def test_resume_gives_the_same_metrics_as_a_straight_run(tmp_path):
+    args = [*FAST, "--epochs", "2", "--model-ema", "--model-ema-decay", "0.9", "--smoothing", "0.1"]
+    run(tmp_path, *args, "--experiment", "straight")
+    first = run(tmp_path, *args, "--experiment", "split")  # then cut after epoch 1 and resumed below
+    (tmp_path / "split" / "summary.csv").unlink()
+    os.unlink(tmp_path / "split" / "last")
+    os.symlink("checkpoint-1", tmp_path / "split" / "last")
+    run(tmp_path, *args, "--resume", str(tmp_path / "split" / "last"))
+    straight, resumed = rows(tmp_path / "straight"), rows(tmp_path / "split")
+    assert first["final"]["top1"] == float(straight[-1]["eval_top1"])
+    assert len(resumed) == 1 and resumed[0] == straight[1]  # epoch 1: loss, metrics, EMA metrics, lr
+
+
+def test_line_run_evaluates_points_and_ensembles_and_exports_each_point(tmp_path):
+    res = run(
+        tmp_path,
+        *FAST[2:],
+        "--model",
+        "test_resnet_line",
+        "--epochs",
+        "1",
+        "--num-samples",
+        "2",
+        "--eval-points",
+        "0,0.5,1",
+        "--eval-ensembles",
+        "0+1",
+        "--bn-recal-batches",
+        "3",
+        "--experiment",
+        "line",
+    )
+    folder = tmp_path / "line"
+    final = res["final"]
+    assert res["family"] == "subspace"
+    assert final["top1"] == pytest.approx(sum(final[f"point{p}_top1"] for p in ("0", "0.5", "1")) / 3)
+    assert {"ens0+1_top1", "ens0+1_ece"} <= set(final)
+    for p in ("0", "0.5", "1"):
+        stock = validate(
+            parse_args(
+                validate_parser(),
+                ["--model", "test_resnet", "--checkpoint", str(folder / f"point-{p}.safetensors")],
+            )
+        )
+        assert stock["top1"] == pytest.approx(
+            100 * final[f"point{p}_top1"], abs=1e-3
+        )  # its own BN statistics
+    record = validate(
+        parse_args(
+            validate_parser(),
+            [
+                "--model",
+                "test_resnet_line",
+                "--checkpoint",
+                str(folder / "last"),
+                "--eval-points",
+                "0.5",
+                "--bn-recal-batches",
+                "3",
+            ],
+        )
+    )
+    assert record["points"][0]["point"] == 0.5 and record["param_count"] > record["param_count_point"]
+
+
+def test_image_folder_dataset(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    for split in ("train", "validation"):
+        for c, colour in enumerate(((255, 0, 0), (0, 0, 255))):
+            (tmp_path / "data" / split / f"class{c}").mkdir(parents=True)
+            for i in range(6):
+                noise = torch.randint(0, 40, (12, 12, 3), generator=gen)
+                pixels = (torch.tensor(colour) * 0.8 + noise).clamp(0, 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(tmp_path / "data" / split / f"class{c}" / f"{i}.png")
+    res = run(
+        tmp_path,
+        *FAST,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--img-size",
+        "16",
+        "--epochs",
+        "1",
+        "--experiment",
+        "f",
+    )
+    assert res["final"]["top1"] >= 0.5 and timm.create_model("test_resnet", num_classes=2)  # 2 classes found
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "resnet18_op9"], "unknown model 'resnet18_op9'"),
+        (["--dataset", "bogus/x"], "unknown dataset 'bogus/x'"),
+        (["--dataset", "torch/cifar10"], "needs --data-dir"),
+        (["--data-dir", "/nonexistent/dir"], "data dir '/nonexistent/dir' does not exist"),
+        (["--eval-points", "0.5"], "need a subspace model"),
+        (["--eval-points", "0.5,x"], "bad point 'x'"),
+        (["--eval-metric", "top9"], "--eval-metric 'top9' is not one of"),
+    ],
+)
+def test_bad_input_names_the_fix(tmp_path, argv, message):
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, *FAST, "--epochs", "1", *argv)
+
+
+def test_bad_checkpoints_name_the_file(tmp_path):
+    run(tmp_path, *FAST, "--epochs", "1", "--experiment", "a")
+    last = tmp_path / "a" / "last"
+    with pytest.raises(ValueError, match=r"trained as 'test_resnet_op2'.*--model test_resnet_op2"):
+        run(tmp_path, "--model", "test_resnet_line", "--resume", str(last))
+    with pytest.raises(ValueError, match=r"fc\.(weight|bias) has shape \[10.*--num-classes"):
+        validate(
+            parse_args(
+                validate_parser(),
+                [
+                    "--model",
+                    "test_resnet",
+                    "--num-classes",
+                    "3",
+                    "--checkpoint",
+                    str(tmp_path / "a" / "collapsed.safetensors"),
+                ],
+            )
+        )
+    model_file = last.resolve() / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:1000])  # truncated
+    with pytest.raises(ValueError, match=r"model.safetensors.*not a readable safetensors file"):
+        run(tmp_path, *FAST, "--epochs", "2", "--resume", str(last))
+    (last.resolve() / "trainer_state.json").unlink()
+    with pytest.raises(ValueError, match=r"is not a train.py checkpoint: trainer_state.json is missing"):
+        run(tmp_path, *FAST, "--epochs", "2", "--resume", str(last))
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    run(tmp_path, *FAST, "--epochs", "1", "--experiment", "n")
+    before = (tmp_path / "n" / "checkpoint-1" / "model.safetensors").read_bytes()
+    with pytest.raises(FloatingPointError, match=r"the loss is nan.*untouched"):
+        run(tmp_path, *FAST, "--epochs", "3", "--lr", "1e30", "--resume", str(tmp_path / "n" / "last"))
+    assert os.readlink(tmp_path / "n" / "last") == "checkpoint-1"
+    assert (tmp_path / "n" / "checkpoint-1" / "model.safetensors").read_bytes() == before
+
+
+def test_wandb_only_with_the_flag_and_offline_run_written(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    code = (
+        "import sys, runpy; sys.argv = ['train.py', *sys.argv[1:]]; runpy.run_path(sys.argv[0], run_name='__main__'); "
+        "print('wandb imported:', sys.modules.get('wandb') is not None)"
+    )
+    common = [*FAST, "--epochs", "1", "--output", str(tmp_path)]
+    plain = subprocess.run(
+        [sys.executable, "-c", code, *common, "--experiment", "plain"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert "wandb imported: False" in plain.stdout
+    logged = subprocess.run(
+        [sys.executable, "-c", code, *common, "--experiment", "w", "--log-wandb", "--wandb-tags", "t1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert logged.returncode == 0, logged.stderr
+    runs = list((tmp_path / "w" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_train_help_documents_every_flag():
+    text = subprocess.run(
+        [sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    for flag in (
+        "--model-kwargs",
+        "--subspace-beta",
+        "--num-samples",
+        "--eval-ensembles",
+        "--checkpoint-hist",
+    ):
+        assert flag in text
+    assert all(action.help for action in train_parser()._actions)
+    assert json.loads(json.dumps(vars(parse_args(train_parser(), []))))["model"] == "resnet18_op3"

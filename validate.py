@@ -1,0 +1,27 @@
+#!/usr/bin/env python3
+"""Evaluate a timm, op or subspace model: collapsed, or at chosen subspace points and ensembles.
+
+    python validate.py --model resnet18_op3 --checkpoint output/train/<exp>/best --results-file r.json
+    python validate.py --model resnet18 --checkpoint output/train/<exp>/collapsed.safetensors
+
+``python validate.py --help`` lists every flag; the job itself is ``timm_overparam.validation``.
+"""
+
+import json
+import sys
+
+import timm_overparam  # noqa: F401  (registers the derived models)
+from timm_overparam.cli import parse_args, validate_parser
+from timm_overparam.validation import validate
+
+
+def main() -> None:
+    try:
+        record = validate(parse_args(validate_parser()))
+    except (ValueError, TypeError) as e:
+        sys.exit(f"error: {e}")
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -75,6 +75,20 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-j", "--workers", type=int, default=0, help="data loading processes per process")
 
 
+def _precision_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--amp", action="store_true", help="mixed precision (accelerate)")
+    parser.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"), help="amp dtype")
+
+
+def mixed_precision(args: argparse.Namespace) -> str:
+    """accelerate's ``mixed_precision`` for ``--amp``/``--amp-dtype``.
+
+    >>> mixed_precision(argparse.Namespace(amp=True, amp_dtype="bfloat16"))
+    'bf16'
+    """
+    return {"float16": "fp16", "bfloat16": "bf16"}[args.amp_dtype] if args.amp else "no"
+
+
 def _model_args(parser: argparse.ArgumentParser, default_model: str) -> None:
     group = parser.add_argument_group("Model")
     group.add_argument("--model", default=default_model, help="timm name, e.g. resnet18_op3, resnet18_line")
@@ -153,8 +167,7 @@ def train_parser() -> argparse.ArgumentParser:
     group.add_argument("--reprob", type=float, default=0.0, help="random erase probability")
     group.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
     group = parser.add_argument_group("Misc")
-    group.add_argument("--amp", action="store_true", help="mixed precision (accelerate)")
-    group.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"), help="amp dtype")
+    _precision_args(group)
     group.add_argument(
         "--model-ema", action="store_true", help="keep an EMA of the weights (timm ModelEmaV3)"
     )
@@ -192,8 +205,7 @@ def validate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results-file", default="", help="write the results record here")
     parser.add_argument("--results-format", default="json", choices=("json", "csv"), help="results format")
     parser.add_argument("--seed", type=int, default=42, help="seed of the BatchNorm recalibration order")
-    parser.add_argument("--amp", action="store_true", help="mixed precision (accelerate)")
-    parser.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"), help="amp dtype")
+    _precision_args(parser)
     return parser
 
 

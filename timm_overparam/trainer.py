@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from timm_overparam.checkpoint import Checkpoints, TrainerState
-from timm_overparam.cli import parse_ensembles, parse_points
+from timm_overparam.cli import mixed_precision, parse_ensembles, parse_points
 from timm_overparam.convert import collapse, is_expanded
 from timm_overparam.data import DIGITS, DataInfo, data_config, describe, loader, open_dataset, transforms
 from timm_overparam.evaluate import Metrics, evaluate_model, evaluate_points
@@ -150,9 +150,8 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        mixed = {"float16": "fp16", "bfloat16": "bf16"}[args.amp_dtype] if args.amp else "no"
         self.acc = Accelerator(
-            mixed_precision=mixed,
+            mixed_precision=mixed_precision(args),
             gradient_accumulation_steps=args.grad_accum_steps,
             log_with="wandb" if args.log_wandb else None,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),

@@ -19,7 +19,7 @@ from accelerate.utils import set_seed
 from timm.utils import reparameterize_model
 
 from timm_overparam.checkpoint import EMA_FILE, MODEL_FILE, read_state
-from timm_overparam.cli import parse_ensembles, parse_points
+from timm_overparam.cli import mixed_precision, parse_ensembles, parse_points
 from timm_overparam.convert import collapse
 from timm_overparam.data import loader
 from timm_overparam.evaluate import Metrics, evaluate_model, evaluate_points
@@ -61,8 +61,7 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
 
     Example: ``validate(parse_args(validate_parser(), ["--model", "resnet18", "--checkpoint", "c.safetensors"]))``
     """
-    mixed = {"float16": "fp16", "bfloat16": "bf16"}[args.amp_dtype] if args.amp else "no"
-    acc = Accelerator(mixed_precision=mixed)
+    acc = Accelerator(mixed_precision=mixed_precision(args))
     set_seed(args.seed)
     train_set, val_set, info = open_data(args)
     weights = _weights_file(args)

@@ -10,11 +10,17 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import yaml
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
+from conftest import randomize_norm_stats, rel_err
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
+from timm_overparam import collapse
 from timm_overparam.cli import parse_args, train_parser, validate_parser
-from timm_overparam.trainer import train
+from timm_overparam.data import DataInfo
+from timm_overparam.trainer import Trainer, create_model, train
 from timm_overparam.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +146,70 @@ def test_line_run_evaluates_points_and_ensembles_and_exports_each_point(tmp_path
     assert record["points"][0]["point"] == 0.5 and record["param_count"] > record["param_count_point"]
 
 
+# LayerNorm models: a batch split over processes or micro-batches gives the same step as the whole batch
+VIT = ["--model-kwargs", "img_size=32", "--warmup-epochs", "0", "--lr", "0.1", "--epochs", "1"]
+
+
+def same_rows(a: list[dict[str, str]], b: list[dict[str, str]]) -> None:
+    assert len(a) == len(b) and all(x.keys() == y.keys() for x, y in zip(a, b, strict=True))
+    for x, y in zip(a, b, strict=True):
+        for k in x:
+            assert float(x[k]) == pytest.approx(float(y[k]), rel=1e-5, abs=1e-6), k
+
+
+@pytest.mark.parametrize(
+    "model, extra",
+    [
+        ("test_vit_op2", ["--epochs", "2"]),
+        ("test_vit_line", ["--subspace-beta", "1", "--eval-ensembles", "0+1"]),
+    ],
+)
+def test_two_processes_match_one(tmp_path, model, extra):
+    argv = ["--model", model, *VIT, *extra, "--output", str(tmp_path)]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    two = subprocess.run(
+        [*launch, "train.py", *argv, "-b", "64", "--experiment", "two"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count(f"{model} (") == 1  # printed by the main process only
+    run(tmp_path, *argv, "-b", "128", "--experiment", "one")
+    same_rows(rows(tmp_path / "two"), rows(tmp_path / "one"))
+    assert sorted(p.name for p in (tmp_path / "two").glob("*.safetensors")) == sorted(
+        p.name for p in (tmp_path / "one").glob("*.safetensors")
+    )
+
+
+def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
+    run(tmp_path, "--model", "test_vit_op2", *VIT, "-b", "128", "--experiment", "whole")
+    run(
+        tmp_path,
+        "--model",
+        "test_vit_op2",
+        *VIT,
+        "-b",
+        "32",
+        "--grad-accum-steps",
+        "4",
+        "--experiment",
+        "acc",
+    )
+    same_rows(rows(tmp_path / "acc"), rows(tmp_path / "whole"))
+    state = json.loads((tmp_path / "acc" / "last" / "trainer_state.json").read_text())
+    assert state["step"] == 1437 // 128  # one update per 4 micro-batches; the partial last batch is dropped
+
+
+def test_bf16_mixed_precision_checks_the_collapse_at_its_tolerance(tmp_path):
+    res = run(tmp_path, *FAST, "--epochs", "1", "--amp", "--amp-dtype", "bfloat16", "--experiment", "bf16")
+    assert 0 < res["final"]["collapse_rel_err"] <= 5e-2  # bf16 autocast rounds the two forms differently
+    assert abs(res["expanded"]["top1"] - res["final"]["top1"]) < 0.05
+
+
 def test_image_folder_dataset(tmp_path):
     gen = torch.Generator().manual_seed(0)
     for split in ("train", "validation"):
@@ -157,11 +227,89 @@ def test_image_folder_dataset(tmp_path):
         "--img-size",
         "16",
         "--epochs",
-        "1",
+        "2",
+        "-b",
+        "4",
         "--experiment",
         "f",
     )
     assert res["final"]["top1"] >= 0.5 and timm.create_model("test_resnet", num_classes=2)  # 2 classes found
+    with pytest.raises(ValueError, match=r"the training set has 12 samples, fewer than one batch \(-b 16\)"):
+        run(tmp_path, *FAST, "--data-dir", str(tmp_path / "data"), "-b", "16", "--experiment", "g")
+
+
+def test_pretrained_path_and_initial_checkpoint(tmp_path):
+    base = timm.create_model("test_resnet")  # 3 channels, 1000 classes: timm adapts both to the digits
+    randomize_norm_stats(base)
+    save_file(base.state_dict(), tmp_path / "base.safetensors")
+    args = parse_args(
+        train_parser(),
+        [
+            "--model",
+            "test_resnet_op2",
+            "--pretrained",
+            "--pretrained-path",
+            str(tmp_path / "base.safetensors"),
+        ],
+    )
+    model = create_model(args, DataInfo(num_classes=10, in_chans=1))
+    plain = collapse(model).state_dict()
+    stem = base.conv1[0].weight.sum(1, keepdim=True)  # timm's adaptation to one input channel
+    assert rel_err(plain["conv1.0.weight"], stem) < 1e-5
+    for k, v in base.state_dict().items():
+        if not k.startswith(("conv1.0.", "fc.")):
+            assert rel_err(plain[k].double(), v.double()) < 1e-5, k
+    with pytest.raises(ValueError, match=r"--pretrained-path 'x' needs --pretrained"):
+        create_model(parse_args(train_parser(), ["--pretrained-path", "x"]), DataInfo(10, 1))
+    # --initial-checkpoint: the weights of an earlier run of the same model
+    run(tmp_path, *FAST, "--epochs", "1", "--experiment", "i")
+    weights = tmp_path / "i" / "last" / "model.safetensors"
+    trainer = Trainer(parse_args(train_parser(), [*FAST, "--initial-checkpoint", str(weights)]))
+    loaded = load_file(weights)
+    assert all(torch.equal(v, loaded[k]) for k, v in trainer.unwrapped.state_dict().items())
+
+
+def write_mnist(root: Path, counts: dict[str, int]) -> None:
+    """torchvision's MNIST raw files (big-endian idx format), written with random 28x28 digits."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for prefix, n in counts.items():
+        labels = torch.arange(n) % 10
+        images = torch.randint(0, 60, (n, 28, 28), generator=gen)
+        for image, label in zip(images, labels.tolist(), strict=True):
+            image[2:26, 2 + 2 * label : 6 + 2 * label] = 255  # the class is the bar's position
+        header = lambda magic, *dims: b"".join(int(v).to_bytes(4, "big") for v in (magic, *dims))  # noqa: E731
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            header(2051, n, 28, 28) + bytes(images.flatten().tolist())
+        )
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(header(2049, n) + bytes(labels.tolist()))
+
+
+def test_torch_mnist_is_one_channel(tmp_path):
+    write_mnist(tmp_path / "data", {"train": 200, "t10k": 50})
+    res = run(
+        tmp_path,
+        *FAST,
+        "--dataset",
+        "torch/mnist",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--img-size",
+        "28",
+        "-b",
+        "20",
+        "--no-aug",
+        "--epochs",
+        "3",
+        "--experiment",
+        "m",
+    )
+    args = yaml.safe_load((tmp_path / "m" / "args.yaml").read_text())
+    assert args["dataset"] == "torch/mnist" and res["final"]["top1"] > 0.5
+    stock = timm.create_model("test_resnet", num_classes=10, in_chans=1)  # the export has 1 input channel
+    stock.load_state_dict(load_file(tmp_path / "m" / "collapsed.safetensors"))
+    assert stock.conv1[0].in_channels == 1
 
 
 @pytest.mark.parametrize(
@@ -207,6 +355,65 @@ def test_bad_checkpoints_name_the_file(tmp_path):
     (last.resolve() / "trainer_state.json").unlink()
     with pytest.raises(ValueError, match=r"is not a train.py checkpoint: trainer_state.json is missing"):
         run(tmp_path, *FAST, "--epochs", "2", "--resume", str(last))
+
+
+def test_a_run_killed_while_saving_leaves_a_loadable_last(tmp_path, monkeypatch):
+    run(tmp_path, *FAST, "--epochs", "1", "--experiment", "k")
+    save_state = Accelerator.save_state
+
+    def killed(self, output_dir, **kwargs):  # the process dies halfway through writing checkpoint-2
+        save_state(self, output_dir, **kwargs)
+        Path(output_dir, "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Accelerator, "save_state", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, *FAST, "--epochs", "2", "--resume", str(tmp_path / "k" / "last"))
+    monkeypatch.undo()
+    assert os.readlink(tmp_path / "k" / "last") == "checkpoint-1"
+    assert not (tmp_path / "k" / "checkpoint-2").exists()
+    res = run(tmp_path, *FAST, "--epochs", "2", "--resume", str(tmp_path / "k" / "last"))
+    assert os.readlink(tmp_path / "k" / "last") == "checkpoint-2" and res["epochs"] == 2
+    assert [r["epoch"] for r in rows(tmp_path / "k")] == ["0", "1"]
+    assert not list((tmp_path / "k").glob(".*.tmp"))  # the dead run's temporary folder is gone
+
+
+def test_validate_ema_reparam_and_results_files(tmp_path):
+    res = run(
+        tmp_path, *FAST, "--epochs", "1", "--model-ema", "--model-ema-decay", "0.5", "--experiment", "e"
+    )
+    last = str(tmp_path / "e" / "last")
+    ema = validate(
+        parse_args(
+            validate_parser(),
+            [
+                "--model",
+                "test_resnet_op2",
+                "--checkpoint",
+                last,
+                "--use-ema",
+                "--results-file",
+                str(tmp_path / "r.csv"),
+                "--results-format",
+                "csv",
+            ],
+        )
+    )
+    assert (
+        ema["top1"] == pytest.approx(100 * res["final"]["ema_top1"], abs=1e-3) != 100 * res["final"]["top1"]
+    )
+    with open(tmp_path / "r.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert float(row["top1"]) == ema["top1"] and row["model"] == "test_resnet_op2"
+    stock = ["--model", "test_resnet", "--checkpoint", str(tmp_path / "e" / "collapsed.safetensors")]
+    json_file = str(tmp_path / "r.json")
+    plain = validate(parse_args(validate_parser(), [*stock, "--results-file", json_file]))
+    reparam = validate(parse_args(validate_parser(), [*stock, "--reparam"]))
+    assert json.loads(Path(json_file).read_text()) == plain
+    assert plain["top1"] == reparam["top1"] == pytest.approx(100 * res["final"]["top1"], abs=1e-3)
+    assert plain["top1_err"] == pytest.approx(100 - plain["top1"]) and plain["num_samples"] == 360
+    with pytest.raises(ValueError, match=r"--use-ema needs a train.py checkpoint folder"):
+        validate(parse_args(validate_parser(), [*stock, "--use-ema"]))
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path):

@@ -94,6 +94,11 @@ def _model_args(parser: argparse.ArgumentParser, default_model: str) -> None:
     group.add_argument("--model", default=default_model, help="timm name, e.g. resnet18_op3, resnet18_line")
     group.add_argument("--pretrained", action="store_true", help="start from the base model's weights")
     group.add_argument(
+        "--pretrained-path",
+        default=None,
+        help="with --pretrained: a local file of the base model's weights instead of the hub's",
+    )
+    group.add_argument(
         "--model-kwargs", nargs="*", default={}, action=ParseKwargs, help="create_model kwargs, k=v ..."
     )
     group.add_argument(

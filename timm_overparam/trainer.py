@@ -72,6 +72,10 @@ def create_model(args: argparse.Namespace, info: DataInfo) -> nn.Module:
     for flag, key in (("drop", "drop_rate"), ("drop_path", "drop_path_rate")):
         if getattr(args, flag, None) is not None:
             kwargs[key] = getattr(args, flag)
+    if args.pretrained_path:
+        if not args.pretrained:
+            raise ValueError(f"--pretrained-path {args.pretrained_path!r} needs --pretrained")
+        kwargs["pretrained_cfg_overlay"] = dict(file=args.pretrained_path)
     subspace = args.model in timm.list_models(module="subspace")
     if getattr(args, "layerwise", False):
         if not subspace:
@@ -179,8 +183,15 @@ class Trainer:
         self.config = set_transforms(args, model, train_set, val_set)
         self.train_set = train_set
         eval_batch = args.validation_batch_size or args.batch_size
-        train_loader = loader(train_set, args.batch_size, shuffle=True, workers=args.workers, seed=args.seed)
+        train_loader = loader(
+            train_set, args.batch_size, shuffle=True, workers=args.workers, seed=args.seed, drop_last=True
+        )
         val_loader = loader(val_set, eval_batch, shuffle=False, workers=args.workers, seed=args.seed)
+        if len(train_loader) == 0:
+            raise ValueError(
+                f"the training set has {len(train_set)} samples, fewer than one batch "
+                f"(-b {args.batch_size}); lower -b"
+            )
         opt_kwargs = {k: v for k, v in (("eps", args.opt_eps), ("betas", args.opt_betas)) if v is not None}
         optimizer = create_optimizer_v2(
             model, args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum, **opt_kwargs

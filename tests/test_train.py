@@ -450,7 +450,24 @@ def test_wandb_only_with_the_flag_and_offline_run_written(tmp_path):
     )
     assert logged.returncode == 0, logged.stderr
     runs = list((tmp_path / "w" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    (log,) = runs[0].glob("*.wandb")
+    data = log.read_bytes()  # the run's protobuf log: config, tags and the per-epoch metric names
+    assert len(runs) == 1 and all(key in data for key in (b"eval_top1", b"eval_ece", b"train_loss", b"t1"))
+
+
+def test_shipped_configs_parse():
+    args = parse_args(train_parser(), ["-c", str(ROOT / "configs" / "cifar10_resnet18_op3.yaml")])
+    assert (args.model, args.dataset, args.scale, args.model_ema) == (
+        "resnet18_op3",
+        "torch/cifar10",
+        [0.6, 1.0],
+        True,
+    )
+    sweep = yaml.safe_load((ROOT / "configs" / "sweep_digits_depth.yaml").read_text())
+    argv = [f"--{k}={v['values'][-1]}" for k, v in sweep["parameters"].items()]  # what wandb's ${args} gives
+    args = parse_args(train_parser(), argv)
+    assert (args.model, args.lr, args.seed) == ("resnet18_op4", 0.1, 1)
+    assert sweep["metric"]["name"] == "eval_top1" and sweep["program"] == "train.py"
 
 
 def test_train_help_documents_every_flag():

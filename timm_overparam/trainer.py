@@ -380,7 +380,10 @@ class Trainer:
             if acc.is_main_process:
                 summary = self.folder / "summary.csv"
                 update_summary(epoch, train, metrics, summary, lr=lr, write_header=not summary.exists())
-            acc.log({"train_loss": train["loss"], "lr": lr, **metrics}, step=epoch)
+            acc.log(
+                {"train_loss": train["loss"], "lr": lr, **{f"eval_{k}": v for k, v in metrics.items()}},
+                step=epoch,
+            )
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "_" not in k)
             self.log(
                 f"epoch {epoch}: train loss {train['loss']:.4f}, {shown} ({time.perf_counter() - start:.1f} s)"

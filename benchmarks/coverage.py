@@ -137,40 +137,75 @@ def check(arch: str, family: str, max_params: int) -> dict[str, Any]:
     return row
 
 
+def _revive(model: Any) -> None:
+    """Draw every all-zero tensor at random, effective tensors (through their parametrization) first.
+
+    Zero-initialised heads, residual scales and gates leave whole branches without gradient in the
+    first step, in the stock model as well; drawn, every branch is exercised.
+    """
+    import torch
+    from torch.nn.utils import parametrize
+
+    with torch.no_grad():
+        for module in model.modules():
+            if parametrize.is_parametrized(module):
+                for name in list(module.parametrizations):
+                    value = getattr(module, name)
+                    if value.is_floating_point() and not value.any():
+                        setattr(module, name, torch.randn_like(value) * 0.1)  # right_inverse: every factor or vertex
+        for p in model.parameters():
+            if p.is_floating_point() and not p.any():
+                p.normal_(0.0, 0.1)
+
+
+def _stock_name(name: str) -> str:
+    """The stock parameter a derived parameter feeds: ``a.parametrizations.weight.0.factors.1`` -> ``a.weight``."""
+    if ".parametrizations." not in name:
+        return name
+    owner, rest = name.split(".parametrizations.", 1)
+    return f"{owner}.{rest.split('.', 1)[0]}"
+
+
+def _dead(model: Any, x: Any, seed: int = 0) -> set[str]:
+    """Names of the parameters that get no gradient from one training forward/backward on ``x``."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)  # the same dropout masks and labels for the derived and the stock model
+    out = _logits(model(x))
+    loss = F.cross_entropy(out, torch.randint(out.shape[-1], (len(x),)))
+    if hasattr(model, "subspace_config"):
+        import timm_overparam as top
+
+        loss = loss + top.subspace_regularizer(model)
+    loss.backward()
+    return {n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()}
+
+
 def _check(arch: str, family: str) -> dict[str, Any]:
     import timm
     import torch
-    import torch.nn.functional as F
 
     import timm_overparam as top
 
     model, kwargs, side, x = _derived(arch, family)
     if not model.overparam_report.converted:
         return {"status": "fail", "reason": f"nothing converted: {model.overparam_report.summary()}"}
-    param_names = [n for n, _ in model.named_parameters() if ".parametrizations." in n]
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".parametrizations." not in name and p.is_floating_point() and not p.any():
-                p.normal_(0.0, 0.1)
-        if family == "line":
-            for p in model.parameters():  # vertex 0 of a zero tensor is revived above through no path
-                if not p.any():
-                    p.normal_(0.0, 0.1)
+    _revive(model)
     model.train()
-    if family == "line":
-        top.sample_point(model, torch.Generator().manual_seed(0))
-    out = _logits(model(x))
-    loss = F.cross_entropy(out, torch.randint(out.shape[-1], (len(x),)))
-    if family == "line":
-        loss = loss + top.subspace_regularizer(model)
-    loss.backward()
-    grads = dict(model.named_parameters())
-    dead = [n for n in param_names if grads[n].grad is None or not grads[n].grad.any()]
+    if family == "op":
+        plain = top.collapse(model)
+    else:
+        point = top.sample_point(model, torch.Generator().manual_seed(0))
+        plain = top.extract_point(model, point)
+    # a derived tensor must get a gradient wherever the stock model at the same weights gets one
+    # (softmax-invariant biases and the like get none in either)
+    alive = {n for n, _ in plain.named_parameters()} - _dead(plain.train(), x)
+    derived = [n for n, _ in model.named_parameters() if ".parametrizations." in n]
+    dead = [n for n in sorted(_dead(model, x)) if _stock_name(n) in alive and n in derived]
     if dead:
-        return {
-            "status": "fail",
-            "reason": f"{len(dead)}/{len(param_names)} tensors got no gradient: {dead[0]}",
-        }
+        return {"status": "fail", "reason": f"{len(dead)}/{len(derived)} tensors got no gradient: {dead[0]}"}
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # a bounded step: no model diverges from it
     torch.optim.SGD(model.parameters(), lr=0.01).step()
     model.eval()
     with torch.no_grad():

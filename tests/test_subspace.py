@@ -426,6 +426,28 @@ def test_recalibration_equals_update_bn_on_the_extracted_point():
     assert not torch.allclose(other["layer2.0.bn1.running_var"], stats["layer2.0.bn1.running_var"])
 
 
+def test_recurrent_layers_train_copy_and_extract_after_a_forward():
+    # nn.LSTM caches its weights (_flat_weights); parametrized, the cache held a forward's graph
+    # and deep copies (extract_point, collapse, EMA) failed after the first step (sequencer2d)
+    net = top.subspace(nn.LSTM(3, 4, num_layers=2, bidirectional=True), init="copy", noise=0.5)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    net.double()
+    top.sample_point(net, torch.Generator().manual_seed(0))
+    net(x)[0].sum().backward()
+    assert all(p.grad is not None and p.grad.any() for p in net.parameters())
+    top.set_point(net, 0.3)
+    expected = net(x)[0]
+    plain = top.extract_point(net, 0.3)
+    assert type(plain) is nn.LSTM
+    assert sorted(plain.state_dict()) == sorted(nn.LSTM(3, 4, num_layers=2, bidirectional=True).state_dict())
+    assert not plain._forward_hooks  # the plugin's hook goes with the parametrizations
+    assert all(w is getattr(plain, n) for w, n in zip(plain._flat_weights, plain._flat_weights_names))
+    assert rel_err(plain(x)[0], expected) <= 1e-12
+    stock = nn.LSTM(3, 4, num_layers=2, bidirectional=True).double()
+    stock.load_state_dict(plain.state_dict(), strict=True)
+    assert rel_err(stock(x)[0], expected) <= 1e-12
+
+
 def test_extract_point_loads_into_stock_timm_with_its_own_statistics(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model("resnet10t_simplex", num_classes=5)

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from timm_overparam.expand import ExpandOptions, ExpandProject, collapse_module, expand_module, layout_of
+from timm_overparam.unparametrize import guard_rnns
 
 _OP_TYPES = ("conv", "linear")
 
@@ -144,6 +145,7 @@ def walk(
             except Skip as e:
                 reason = str(e)
         report.skipped[target.name] = reason
+    guard_rnns(model)
     _carry_no_weight_decay(model)
     return report
 

@@ -1,4 +1,8 @@
-"""Removing parametrizations so that a module is stock again, safely on deep copies."""
+"""Removing parametrizations so that a module is stock again, safely on deep copies.
+
+Also keeps parametrized RNNs deep-copyable: ``nn.LSTM``/``nn.GRU`` cache their weights in
+``_flat_weights``, which after a forward would hold that forward's non-leaf tensors (and graph).
+"""
 
 from __future__ import annotations
 
@@ -31,3 +35,33 @@ def unparametrize(module: nn.Module, names: Sequence[str], requires_grad: bool) 
             if name in module._buffers:  # a tensor parametrized by a sequence comes back as a buffer
                 del module._buffers[name]
                 module.register_parameter(name, nn.Parameter(value, requires_grad=requires_grad))
+    if isinstance(module, nn.RNNBase) and not parametrize.is_parametrized(module):
+        for key in [k for k, hook in module._forward_hooks.items() if hook is release_flat_weights]:
+            del module._forward_hooks[key]
+        module._init_flat_weights()  # the cache points at the plain parameters again
+
+
+def release_flat_weights(module: nn.RNNBase, args: object, output: object) -> None:
+    """Forward hook of a parametrized RNN: drop the graph its ``_flat_weights`` cache keeps.
+
+    The next forward recomputes the cache (parametrized tensors are new objects on every read), and
+    without the graph the module can be deep-copied (``collapse``, ``extract_point``, EMA copies).
+
+    >>> import copy
+    >>> rnn = nn.GRU(2, 3)
+    >>> _ = parametrize.register_parametrization(rnn, "weight_hh_l0", nn.Tanh())
+    >>> _ = rnn.register_forward_hook(release_flat_weights)
+    >>> _ = rnn(torch.randn(4, 1, 2)); _ = copy.deepcopy(rnn)
+    """
+    module._flat_weights = [None if w is None else w.detach() for w in module._flat_weights]
+
+
+def guard_rnns(model: nn.Module) -> None:
+    """Give every parametrized RNN of ``model`` the ``release_flat_weights`` hook (once)."""
+    for module in model.modules():
+        if (
+            isinstance(module, nn.RNNBase)
+            and parametrize.is_parametrized(module)
+            and release_flat_weights not in module._forward_hooks.values()
+        ):
+            module.register_forward_hook(release_flat_weights)

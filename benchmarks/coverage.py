@@ -7,15 +7,16 @@ worker process:
 1. build the base model at a small input size (64x64, or ``img_size=64`` for models with a fixed
    input size; the default size when the small one does not work) and count its parameters
    (architectures above ``--max-params`` are skipped, not counted as passes);
-2. build the derived model, draw every all-zero parameter outside the parametrizations at random
-   (zero-initialised residual scales would leave branches without gradient), run one training step
-   on random data (a sampled point and the regulariser for the line) and check that every
-   parametrized tensor got a gradient;
+2. build the derived model, draw every all-zero tensor at random (zero-initialised heads, residual
+   scales and gates would leave whole branches without gradient, in the stock model as well), run
+   one training step on random data (a sampled point and the regulariser for the line) and check
+   that every parametrized tensor got a gradient wherever the stock model at the same weights gets
+   one (a bias before a softmax gets none in either); the step is clipped to norm 1, lr 0.01;
 3. in eval mode, compare the derived model with its collapse (op) or its extracted point (line) and
    with the stock base model loaded strictly from that state_dict (relative error <= 1e-4, float32).
 
-Workers are long-lived (pebble's ProcessPool; timm is imported once per worker), one thread each,
-with an address-space bound (``--memory-gb``) and a time bound per task (``--timeout``); a worker
+Workers are long-lived (pebble's ProcessPool; timm is imported once per worker, and a worker is
+replaced after 20 cases), one thread each, with an address-space bound (``--memory-gb``) and a time bound per task (``--timeout``); a worker
 that crashes, hangs or runs out of memory is replaced and the task is recorded as failed. Rows are
 appended to the CSV as they finish and a rerun skips the (arch, family) pairs already there, so an
 interrupted sweep resumes. ``--report`` writes the markdown summary (docs/coverage.md) from a CSV.
@@ -48,7 +49,8 @@ FAMILIES = {"op": "op2", "line": "line"}
 COLUMNS = ["arch", "family", "module", "status", "reason", "params", "input", "max_rel_err", "seconds"]
 SMALL = 64
 TOLERANCE = 1e-4
-OURS = ("op", "subspace")  # the plugin's own registry modules
+OURS = ("op", "subspace")
+RECYCLE = 20  # cases per worker process  # the plugin's own registry modules
 
 
 # ----------------------------------------------------------------------------- inside a worker
@@ -152,7 +154,9 @@ def _revive(model: Any) -> None:
                 for name in list(module.parametrizations):
                     value = getattr(module, name)
                     if value.is_floating_point() and not value.any():
-                        setattr(module, name, torch.randn_like(value) * 0.1)  # right_inverse: every factor or vertex
+                        setattr(
+                            module, name, torch.randn_like(value) * 0.1
+                        )  # right_inverse: every factor or vertex
         for p in model.parameters():
             if p.is_floating_point() and not p.any():
                 p.normal_(0.0, 0.1)
@@ -193,16 +197,14 @@ def _check(arch: str, family: str) -> dict[str, Any]:
         return {"status": "fail", "reason": f"nothing converted: {model.overparam_report.summary()}"}
     _revive(model)
     model.train()
-    if family == "op":
-        plain = top.collapse(model)
-    else:
-        point = top.sample_point(model, torch.Generator().manual_seed(0))
-        plain = top.extract_point(model, point)
-    # a derived tensor must get a gradient wherever the stock model at the same weights gets one
-    # (softmax-invariant biases and the like get none in either)
-    alive = {n for n, _ in plain.named_parameters()} - _dead(plain.train(), x)
+    point = None if family == "op" else top.sample_point(model, torch.Generator().manual_seed(0))
     derived = [n for n, _ in model.named_parameters() if ".parametrizations." in n]
-    dead = [n for n in sorted(_dead(model, x)) if _stock_name(n) in alive and n in derived]
+    dead = sorted(_dead(model, x) & set(derived))
+    if dead:  # fine only where the stock model at the same weights gets no gradient either
+        plain = top.collapse(model) if point is None else top.extract_point(model, point)
+        plain.zero_grad(set_to_none=True)
+        alive = {n for n, _ in plain.named_parameters()} - _dead(plain.train(), x)
+        dead = [n for n in dead if _stock_name(n) in alive]  # e.g. a bias before a softmax: none in either
     if dead:
         return {"status": "fail", "reason": f"{len(dead)}/{len(derived)} tensors got no gradient: {dead[0]}"}
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # a bounded step: no model diverges from it
@@ -286,7 +288,10 @@ def sweep(
     if not out.exists():
         out.write_text(",".join(COLUMNS) + "\n")
     print(f"{len(todo)} cases to run ({len(done)} already in {out}), {workers} workers", flush=True)
-    with ProcessPool(max_workers=workers, initializer=_limit_memory, initargs=(memory_gb,)) as pool:
+    # a worker is replaced after RECYCLE cases: its address space (bounded) only grows with fragmentation
+    with ProcessPool(
+        max_workers=workers, max_tasks=RECYCLE, initializer=_limit_memory, initargs=(memory_gb,)
+    ) as pool:
         futures = {pool.schedule(check, args=(a, f, max_params), timeout=timeout): (a, f) for a, f in todo}
         for i, future in enumerate(as_completed(futures), 1):
             arch, family = futures[future]

@@ -210,15 +210,20 @@ def test_bf16_mixed_precision_checks_the_collapse_at_its_tolerance(tmp_path):
     assert abs(res["expanded"]["top1"] - res["final"]["top1"]) < 0.05
 
 
-def test_image_folder_dataset(tmp_path):
+def write_image_folder(root: Path) -> None:
+    """Two classes (reddish, bluish 12x12 images), 6 images each, in ``train/`` and ``validation/``."""
     gen = torch.Generator().manual_seed(0)
     for split in ("train", "validation"):
         for c, colour in enumerate(((255, 0, 0), (0, 0, 255))):
-            (tmp_path / "data" / split / f"class{c}").mkdir(parents=True)
+            (root / split / f"class{c}").mkdir(parents=True)
             for i in range(6):
                 noise = torch.randint(0, 40, (12, 12, 3), generator=gen)
                 pixels = (torch.tensor(colour) * 0.8 + noise).clamp(0, 255).to(torch.uint8).numpy()
-                Image.fromarray(pixels).save(tmp_path / "data" / split / f"class{c}" / f"{i}.png")
+                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.png")
+
+
+def test_image_folder_dataset(tmp_path):
+    write_image_folder(tmp_path / "data")
     res = run(
         tmp_path,
         *FAST,
@@ -236,6 +241,32 @@ def test_image_folder_dataset(tmp_path):
     assert res["final"]["top1"] >= 0.5 and timm.create_model("test_resnet", num_classes=2)  # 2 classes found
     with pytest.raises(ValueError, match=r"the training set has 12 samples, fewer than one batch \(-b 16\)"):
         run(tmp_path, *FAST, "--data-dir", str(tmp_path / "data"), "-b", "16", "--experiment", "g")
+
+
+def test_hugging_face_dataset_through_timm(tmp_path, monkeypatch):
+    # hfds/<name> is timm's ReaderHfds (datasets.load_dataset); a local image folder needs no hub
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    write_image_folder(tmp_path / "images")
+    (tmp_path / "cache").mkdir()
+    res = run(
+        tmp_path,
+        *FAST,
+        "--dataset",
+        f"hfds/{tmp_path / 'images'}",
+        "--data-dir",
+        str(tmp_path / "cache"),  # timm passes it to datasets as cache_dir
+        "--img-size",
+        "16",
+        "--epochs",
+        "6",
+        "-b",
+        "4",
+        "--experiment",
+        "h",
+    )
+    assert res["final"]["top1"] == 1.0 and any((tmp_path / "cache").iterdir())  # colours are learnt
+    stock = timm.create_model("test_resnet", num_classes=2)  # the two classes of the folder
+    stock.load_state_dict(load_file(tmp_path / "h" / "collapsed.safetensors"))
 
 
 def test_pretrained_path_and_initial_checkpoint(tmp_path):

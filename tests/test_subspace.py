@@ -441,7 +441,9 @@ def test_recurrent_layers_train_copy_and_extract_after_a_forward():
     assert type(plain) is nn.LSTM
     assert sorted(plain.state_dict()) == sorted(nn.LSTM(3, 4, num_layers=2, bidirectional=True).state_dict())
     assert not plain._forward_hooks  # the plugin's hook goes with the parametrizations
-    assert all(w is getattr(plain, n) for w, n in zip(plain._flat_weights, plain._flat_weights_names))
+    assert all(
+        w is getattr(plain, n) for w, n in zip(plain._flat_weights, plain._flat_weights_names, strict=True)
+    )
     assert rel_err(plain(x)[0], expected) <= 1e-12
     stock = nn.LSTM(3, 4, num_layers=2, bidirectional=True).double()
     stock.load_state_dict(plain.state_dict(), strict=True)

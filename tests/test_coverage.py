@@ -10,11 +10,14 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from timm_overparam.expand import ExpandProject
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "coverage.py"
@@ -99,10 +102,27 @@ def test_failures_are_recorded_and_the_sweep_resumes(tmp_path):
     )
 
 
-def test_skips_name_the_parameter_count():
+def load_harness():
     spec = importlib.util.spec_from_file_location("coverage_harness", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_a_chain_that_stops_gradients_fails(monkeypatch):
+    harness_module = load_harness()
+    assert harness_module.check("resnet10t", "op", max_params=10**8)["status"] == "pass"
+    compose = ExpandProject.compose
+    monkeypatch.setattr(ExpandProject, "compose", lambda self: compose(self).detach())
+    row = harness_module.check("resnet10t", "op", max_params=10**8)
+    assert row["status"] == "fail"  # composed layers (the early ones at 64x64) lose their gradient
+    assert re.fullmatch(
+        r"\d+/30 tensors got no gradient: conv1\.0\.parametrizations\.weight\..*", row["reason"]
+    )
+
+
+def test_skips_name_the_parameter_count():
+    module = load_harness()
     row = module.check("vit_large_patch16_224", "op", max_params=100_000_000)  # counted on the meta device
     assert (row["status"], row["reason"], row["params"]) == (
         "skipped",

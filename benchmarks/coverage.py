@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import fnmatch
+import gc
 import os
 import random
 import resource
@@ -50,16 +51,26 @@ COLUMNS = ["arch", "family", "module", "status", "reason", "params", "input", "m
 SMALL = 64
 TOLERANCE = 1e-4
 OURS = ("op", "subspace")
-RECYCLE = 20  # cases per worker process  # the plugin's own registry modules
+RECYCLE = 20  # cases per worker process
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter  # the plugin's own registry modules
 
 
 # ----------------------------------------------------------------------------- inside a worker
-def _limit_memory(gib: float) -> None:
-    """Worker initializer: one thread, and an address-space bound so that allocations fail cleanly."""
+def _init_worker(gib: float) -> None:
+    """Worker initializer: one thread, and an address-space bound so that allocations fail cleanly.
+
+    glibc serves large blocks from its heap once the mmap threshold has adapted upwards, and the
+    heap's address space is not given back: after a few large models a worker would reach the bound
+    with little memory in use. A fixed threshold (1 MiB) keeps tensors in mappings that are
+    returned on free.
+    """
+    import ctypes
+
     import torch
 
     torch.set_num_threads(1)
     if gib > 0:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, 1 << 20)
         limit = int(gib * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
@@ -135,6 +146,7 @@ def check(arch: str, family: str, max_params: int) -> dict[str, Any]:
             row |= {"status": "fail", "reason": "out of memory"}
         else:
             row |= {"status": "fail", "reason": f"{type(e).__name__}: {text}"[:300]}
+    gc.collect()  # converted models hold reference cycles: free this case's memory before the next
     row["seconds"] = round(time.perf_counter() - start, 2)
     return row
 
@@ -290,7 +302,7 @@ def sweep(
     print(f"{len(todo)} cases to run ({len(done)} already in {out}), {workers} workers", flush=True)
     # a worker is replaced after RECYCLE cases: its address space (bounded) only grows with fragmentation
     with ProcessPool(
-        max_workers=workers, max_tasks=RECYCLE, initializer=_limit_memory, initargs=(memory_gb,)
+        max_workers=workers, max_tasks=RECYCLE, initializer=_init_worker, initargs=(memory_gb,)
     ) as pool:
         futures = {pool.schedule(check, args=(a, f, max_params), timeout=timeout): (a, f) for a, f in todo}
         for i, future in enumerate(as_completed(futures), 1):

@@ -366,11 +366,11 @@ def report(rows: list[dict[str, str]], out: Path) -> str:
     lines = [
         f"Rows: `{out}`, from `python benchmarks/coverage.py --out {out}` (timm {timm.__version__}, torch",
         f"{torch.__version__}); this summary: `python benchmarks/coverage.py --out {out} --report <this file>`.",
-        "A case passes when the derived model (`<arch>_op2` or",
-        "`<arch>_line`) trains one step with a gradient on every parametrized tensor, and its collapse",
-        "(op) or extracted point (line) and the stock model loaded strictly from that state_dict",
-        f"reproduce its eval outputs within {TOLERANCE:g} (relative, float32). Pass rates count the",
-        "architectures under the parameter bound; those above it are listed apart.",
+        "A case passes when the derived model (`<arch>_op2` or `<arch>_line`) trains one step with a",
+        "gradient on every parametrized tensor wherever the stock model at the same weights gets one, and",
+        "its collapse (op) or extracted point (line) and the stock model loaded strictly from that",
+        f"state_dict reproduce its eval outputs within {TOLERANCE:g} (relative, float32). Pass rates count",
+        "the architectures under the parameter bound; those above it are listed apart.",
         "",
         f"Architectures run: {len(archs)}; under the bound: {len(under)}; passing for both families: "
         f"{len([a for a in both if a in under])} ({100 * len([a for a in both if a in under]) / max(1, len(under)):.1f}%).",
@@ -381,7 +381,7 @@ def report(rows: list[dict[str, str]], out: Path) -> str:
     for f in families:
         c = by_family[f]
         lines.append(f"| {f} | {c['pass']} | {c['fail']} | {c['skipped']} | {_rate(c)} |")
-    lines += ["", "## Per timm module", "", "| module | architectures | " + " | ".join(families) + " |"]
+    lines += ["", "### Per timm module", "", "| module | architectures | " + " | ".join(families) + " |"]
     lines.append("|---|---|" + "---|" * len(families))
     per_module: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     for r in rows:
@@ -391,7 +391,7 @@ def report(rows: list[dict[str, str]], out: Path) -> str:
         n = max(sum(c.values()) for c in counts.values())
         lines.append(f"| {module} | {n} | " + " | ".join(_rate(counts[f]) for f in families) + " |")
     failures = [r for r in rows if r["status"] == "fail"]
-    lines += ["", f"## Failures ({len(failures)})", ""]
+    lines += ["", f"### Failures ({len(failures)})", ""]
     if failures:
         lines += ["| arch | family | reason |", "|---|---|---|"]
         lines += [
@@ -401,7 +401,7 @@ def report(rows: list[dict[str, str]], out: Path) -> str:
     else:
         lines.append("None.")
     skipped = sorted({(r["arch"], r["reason"]) for r in rows if r["status"] == "skipped"})
-    lines += ["", f"## Skipped ({len(skipped)} architectures)", ""]
+    lines += ["", f"### Skipped ({len(skipped)} architectures)", ""]
     lines += [f"- {arch}: {reason}" for arch, reason in skipped] or ["None."]
     return "\n".join(lines) + "\n"
 

@@ -2,7 +2,7 @@
 
 The sample holds the smallest variant of many families and every special layer the plugin has to
 handle (StdConv2d, ScaledStdConv2d, Conv2dSame, MixedConv2d, CondConv2d, reparameterizable blocks,
-eval-time caches, window attention); each runs as ``_op2`` and ``_line`` in the harness's workers.
+eval-time caches, window attention, recurrent layers); each runs as ``_op2`` and ``_line`` in the harness's workers.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ SAMPLE = [
     "efficientnet_cc_b0_4e",  # CondConv2d
     "resnetv2_50x1_bit",  # StdConv2d
     "coat_tiny",
+    "sequencer2d_s",  # nn.LSTM: parametrized RNN weights, deep-copied after a step
 ]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 

@@ -40,11 +40,15 @@ Cases (``--only NAME``):
 - ``memory``: resnet18_op3 with ``op_hidden`` 'min' and 'out' at both resnet18 shapes.
 - ``eval_resnet50``: ``no_grad`` eval forward of resnet50_op3 / resnet50, batch 8, 224x224.
 - ``collapse_resnet50``: seconds for ``timm_overparam.collapse(resnet50_op4)`` (a copy).
+- ``per_layer_resnet18_b32_64``, ``per_layer_resnet18_b16_224``, ``per_layer_vit_tiny_b8_224``:
+  every chain-capable layer of ``<arch>_op3`` at its input shape in that model, forward + backward
+  timed composed and as a chain; the cost model's choices against the faster form of each layer.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import math
 import multiprocessing
@@ -64,6 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm_overparam
+from timm_overparam.convert import is_expanded
 
 
 @dataclass
@@ -242,6 +247,86 @@ def case_collapse_resnet50(args) -> list[Result]:
     return [Result("collapse_resnet50", value, "< 1 s", value < 1.0, detail)]
 
 
+# --------------------------------------------------------------------------------------- per layer
+def _chain_layers(model: nn.Module, x: torch.Tensor) -> list[tuple[str, nn.Module, torch.Size]]:
+    """Every expanded layer that may run as a chain, with its input shape in a forward of ``x``."""
+    found: dict[str, tuple[str, nn.Module, torch.Size]] = {}
+
+    def record(name: str, module: nn.Module, inputs: tuple) -> None:
+        found.setdefault(name, (name, module, inputs[0].shape))
+
+    hooks = [
+        m.register_forward_pre_hook(functools.partial(record, name))
+        for name, m in model.named_modules()
+        if is_expanded(m) and m.parametrizations.weight[0].chain_capable
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return list(found.values())
+
+
+def per_layer_case(case: str, arch: str, size: int, image: int, args) -> list[Result]:
+    """Each chain-capable layer's forward + backward timed composed and as a chain, side by side.
+
+    ``value``: the summed time of the cost model's choices over the summed time of the faster
+    form of each layer (1.0 = it always picked the faster one); the detail gives the same sum with
+    one form forced everywhere and the layers where the choice was the slower form.
+    """
+    model = make_model(f"{arch}_op3").train()
+    x, _ = batch(size, image)
+    timer = rounds(args)
+    sums = {"choice": 0.0, "best": 0.0, "composed": 0.0, "chain": 0.0}
+    misses = []
+    layers = _chain_layers(model, x)
+    for name, module, shape in layers:
+        chain, key = module.parametrizations.weight[0], tuple(shape)
+        choice = chain.prefers_chain(module, shape)
+        inp = torch.randn(shape, requires_grad=True)
+        with torch.no_grad():
+            grad = torch.randn_like(module(inp))
+
+        def step(as_chain: bool, m=module, c=chain, k=key, inp=inp, grad=grad) -> None:
+            c._mode[k] = as_chain  # force the form for this input shape
+            m.zero_grad(set_to_none=True)
+            inp.grad = None
+            m(inp).backward(grad)
+
+        composed, as_chain = (
+            statistics.median(t) for t in timer.run([lambda: step(False), lambda: step(True)])
+        )
+        chain._mode[key] = choice
+        picked = as_chain if choice else composed
+        sums["choice"] += picked
+        sums["best"] += min(composed, as_chain)
+        sums["composed"] += composed
+        sums["chain"] += as_chain
+        if picked > min(composed, as_chain):
+            misses.append(
+                f"{name} {'chain' if choice else 'composed'} x{picked / min(composed, as_chain):.2f}"
+            )
+    value = sums["choice"] / sums["best"]
+    detail = (
+        f"{len(layers)} layers, {len(layers) - len(misses)} picked the faster form; all composed "
+        f"x{sums['composed'] / sums['best']:.2f}, all chain x{sums['chain'] / sums['best']:.2f}; "
+        f"slower picks: {', '.join(misses) or 'none'}"
+    )
+    return [Result(case, value, "<= 1.05", value <= 1.05, detail)]
+
+
+def case_per_layer_resnet18_b32_64(args) -> list[Result]:
+    return per_layer_case("per_layer_resnet18_b32_64", "resnet18", 32, 64, args)
+
+
+def case_per_layer_resnet18_b16_224(args) -> list[Result]:
+    return per_layer_case("per_layer_resnet18_b16_224", "resnet18", 16, 224, args)
+
+
+def case_per_layer_vit_tiny_b8_224(args) -> list[Result]:
+    return per_layer_case("per_layer_vit_tiny_b8_224", "vit_tiny_patch16_224", 8, 224, args)
+
+
 # ------------------------------------------------------------------------------------------ memory
 def _tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
@@ -300,6 +385,9 @@ CASES: dict[str, Callable[[argparse.Namespace], list[Result]]] = {
     "memory": case_memory,
     "eval_resnet50": case_eval_resnet50,
     "collapse_resnet50": case_collapse_resnet50,
+    "per_layer_resnet18_b32_64": case_per_layer_resnet18_b32_64,
+    "per_layer_resnet18_b16_224": case_per_layer_resnet18_b16_224,
+    "per_layer_vit_tiny_b8_224": case_per_layer_vit_tiny_b8_224,
 }
 
 

@@ -16,10 +16,10 @@ worker process:
    with the stock base model loaded strictly from that state_dict (relative error <= 1e-4, float32).
 
 Workers are long-lived (pebble's ProcessPool; timm is imported once per worker, and a worker is
-replaced after 20 cases), one thread each, with an address-space bound (``--memory-gb``) and a time bound per task (``--timeout``); a worker
-that crashes, hangs or runs out of memory is replaced and the task is recorded as failed. Rows are
-appended to the CSV as they finish and a rerun skips the (arch, family) pairs already there, so an
-interrupted sweep resumes. ``--report`` writes the markdown summary (docs/coverage.md) from a CSV.
+replaced after 20 cases), one thread each, with an address-space bound (``--memory-gb``) and a
+time bound per task (``--timeout``); a worker that crashes, hangs or runs out of memory is
+replaced and the task is recorded as failed. Rows are appended to the CSV as they finish and a
+rerun skips the (arch, family) pairs already there, so an interrupted sweep resumes. ``--report`` writes the markdown summary (docs/coverage.md) from a CSV.
 
     python benchmarks/coverage.py --out benchmarks/results/coverage.csv          # the whole registry
     python benchmarks/coverage.py --pattern 'convnext*' --out /tmp/convnext.csv
@@ -50,9 +50,9 @@ FAMILIES = {"op": "op2", "line": "line"}
 COLUMNS = ["arch", "family", "module", "status", "reason", "params", "input", "max_rel_err", "seconds"]
 SMALL = 64
 TOLERANCE = 1e-4
-OURS = ("op", "subspace")
+OURS = ("op", "subspace")  # the plugin's own registry modules
 RECYCLE = 20  # cases per worker process
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter  # the plugin's own registry modules
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 # ----------------------------------------------------------------------------- inside a worker
@@ -165,10 +165,8 @@ def _revive(model: Any) -> None:
             if parametrize.is_parametrized(module):
                 for name in list(module.parametrizations):
                     value = getattr(module, name)
-                    if value.is_floating_point() and not value.any():
-                        setattr(
-                            module, name, torch.randn_like(value) * 0.1
-                        )  # right_inverse: every factor or vertex
+                    if value.is_floating_point() and not value.any():  # assigned through right_inverse
+                        setattr(module, name, torch.randn_like(value) * 0.1)
         for p in model.parameters():
             if p.is_floating_point() and not p.any():
                 p.normal_(0.0, 0.1)

@@ -28,3 +28,11 @@ def randomize_norm_stats(module: torch.nn.Module, eps: float | None = None) -> N
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+def pytest_report_header() -> list[str]:
+    """The versions this run tested (CI installs the newest the bounds in pyproject.toml allow)."""
+    from importlib.metadata import version
+
+    names = ("torch", "torchvision", "timm", "accelerate", "numpy", "safetensors", "wandb")
+    return ["packages: " + ", ".join(f"{n} {version(n)}" for n in names)]

@@ -7,20 +7,29 @@
 ``python train.py --help`` lists every flag; the job itself is ``timm_overparam.trainer``.
 """
 
+import argparse
 import sys
 
 import yaml
 
 
 def _wandb_requested(argv: list[str]) -> bool:
-    """--log-wandb on the command line or ``log_wandb: true`` in the -c/--config file."""
-    if "--log-wandb" in argv:
+    """--log-wandb on the command line or ``log_wandb: true`` in the -c/--config file (any flag form).
+
+    An unreadable config counts as a request: the full parse then reports what is wrong with it.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("-c", "--config", default="")
+    parser.add_argument("--log-wandb", action="store_true")
+    known, _ = parser.parse_known_args(argv)
+    if known.log_wandb or not known.config:
+        return known.log_wandb
+    try:
+        with open(known.config) as f:
+            values = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
         return True
-    for flag in ("-c", "--config"):
-        if flag in argv[:-1]:
-            with open(argv[argv.index(flag) + 1]) as f:
-                return bool((yaml.safe_load(f) or {}).get("log_wandb"))
-    return False
+    return not isinstance(values, dict) or values.get("log_wandb") not in (None, False)
 
 
 if not _wandb_requested(sys.argv[1:]):
@@ -34,7 +43,7 @@ from timm_overparam.trainer import train  # noqa: E402
 def main() -> None:
     try:
         train(parse_args(train_parser()))
-    except (ValueError, TypeError, FloatingPointError) as e:
+    except (ValueError, TypeError, FloatingPointError, OSError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -9,7 +9,9 @@ unknown key is an error that names it.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import yaml
 from timm.utils import ParseKwargs
@@ -48,6 +50,18 @@ def parse_ensembles(text: str | None) -> list[list[PlainPoint]]:
     if not text:
         return []
     return [parse_points(group.replace("+", ",")) for group in text.split(",")]
+
+
+class KeyValues(ParseKwargs):
+    """timm's ``k=v`` action (values read as Python literals), with an error naming a pair without ``=``."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
+    ) -> None:
+        for value in values:
+            if value and "=" not in value:
+                parser.error(f"{option}: {value!r} is not key=value (e.g. {value}=3)")
+        super().__call__(parser, namespace, values, option)
 
 
 def _data_args(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +113,7 @@ def _model_args(parser: argparse.ArgumentParser, default_model: str) -> None:
         help="with --pretrained: a local file of the base model's weights instead of the hub's",
     )
     group.add_argument(
-        "--model-kwargs", nargs="*", default={}, action=ParseKwargs, help="create_model kwargs, k=v ..."
+        "--model-kwargs", nargs="*", default={}, action=KeyValues, help="create_model kwargs, k=v ..."
     )
     group.add_argument(
         "--eval-points", default=None, help="subspace points to evaluate: 0,0.5,1 (simplex: 1:0:0,0.5:0.5:0)"
@@ -214,6 +228,76 @@ def validate_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_value(action: argparse.Action, key: str, value: Any, file: str) -> Any:
+    """A YAML value for ``action`` checked the way argparse checks a flag (type, nargs, choices)."""
+    where = f"config {file!r}: {key}"
+    if value is None:
+        return None
+    if isinstance(
+        action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
+    ):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(action, ParseKwargs):
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"{where} must be a mapping of keyword names to values, got {value!r}")
+        return value
+    many = action.nargs not in (None, "?")
+    items = value if many and isinstance(value, list) else [value]
+    if many and not isinstance(value, list):
+        raise ValueError(f"{where} must be a list, got {value!r}")
+    if isinstance(action.nargs, int) and len(items) != action.nargs:
+        raise ValueError(f"{where} must be a list of {action.nargs} values, got {value!r}")
+    checked = []
+    for item in items:
+        if action.type is int and (isinstance(item, bool) or not isinstance(item, int)):
+            raise ValueError(f"{where} must be an integer, got {item!r}")
+        if action.type is float:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                raise ValueError(f"{where} must be a number, got {item!r}")
+            item = float(item)
+        if action.type is None and not isinstance(item, str):
+            raise ValueError(f"{where} must be text, got {item!r}")
+        if action.choices is not None and item not in action.choices:
+            raise ValueError(f"{where} must be one of {list(action.choices)}, got {item!r}")
+        checked.append(item)
+    return checked if many else checked[0]
+
+
+def read_config(file: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The flag values of a YAML ``-c`` file, checked against ``parser`` (names, types, choices).
+
+    Example: ``read_config("configs/cifar10_resnet18_op3.yaml", train_parser())["model"]``
+    """
+    try:
+        with open(file) as f:
+            values = yaml.safe_load(f)
+    except OSError as e:
+        raise ValueError(f"cannot read config {file!r}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"config {file!r} is not valid YAML: {' '.join(str(e).split())}") from None
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"config {file!r} must be a mapping of flag names to values (key: value lines), "
+            f"got a {type(values).__name__}"
+        )
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise ValueError(f"config {file!r} has unknown keys {unknown}; valid: {sorted(actions)}")
+    return {k: _config_value(actions[k], k, v, file) for k, v in values.items() if k != "config"}
+
+
+def _check_finite(args: argparse.Namespace) -> None:
+    for key, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        bad = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"--{key.replace('_', '-')} must be a finite number, got {bad[0]!r}")
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` with ``parser`` after applying ``-c`` YAML defaults; the dataset follows the data dir.
 
@@ -224,20 +308,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     config_parser.add_argument("-c", "--config", default="")
     known, rest = config_parser.parse_known_args(argv)
     if known.config:
-        try:
-            with open(known.config) as f:
-                values = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"cannot read config {known.config!r}: {e}") from e
-        if not isinstance(values, dict):
-            raise ValueError(f"config {known.config!r} must be a mapping of flag names to values")
-        valid = {a.dest for a in parser._actions}
-        unknown = sorted(set(values) - valid)
-        if unknown:
-            raise ValueError(f"config {known.config!r} has unknown keys {unknown}; valid: {sorted(valid)}")
-        parser.set_defaults(**values)
+        parser.set_defaults(**read_config(known.config, parser))
     args = parser.parse_args(rest)
     args.config = known.config
+    _check_finite(args)
     if args.dataset is None:
         args.dataset = "" if args.data_dir else DIGITS
     parse_points(args.eval_points), parse_ensembles(args.eval_ensembles)  # bad lists fail here, not later

@@ -10,12 +10,13 @@ stock-timm export (``collapsed.safetensors`` or ``point-<p>.safetensors``).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import broadcast_object_list, set_seed
+from filelock import FileLock, Timeout
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -32,13 +34,14 @@ from timm.utils import ModelEmaV3, update_summary
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from timm_overparam.checkpoint import Checkpoints, TrainerState
+from timm_overparam.checkpoint import Checkpoints, TrainerState, read_state
 from timm_overparam.cli import mixed_precision, parse_ensembles, parse_points
 from timm_overparam.convert import collapse, is_expanded
 from timm_overparam.data import DIGITS, DataInfo, data_config, describe, loader, open_dataset, transforms
 from timm_overparam.evaluate import Metrics, evaluate_model, evaluate_points
 from timm_overparam.subspace import (
     SubspaceConfig,
+    _coefficients,
     extract_point,
     sampled_loss,
     subspace_regularizer,
@@ -83,13 +86,24 @@ def create_model(args: argparse.Namespace, info: DataInfo) -> nn.Module:
                 f"--layerwise is for subspace models (<arch>_line/_curve/_simplex), not {args.model!r}"
             )
         kwargs["subspace_layerwise"] = True
-    return timm.create_model(
-        args.model,
-        pretrained=args.pretrained,
-        num_classes=args.num_classes or info.num_classes,
-        in_chans=args.in_chans or info.in_chans,
-        **kwargs,
-    )
+    if args.pretrained_path and not os.path.isfile(args.pretrained_path):
+        raise ValueError(f"--pretrained-path {args.pretrained_path!r} is not a file")
+    try:
+        return timm.create_model(
+            args.model,
+            pretrained=args.pretrained,
+            num_classes=args.num_classes or info.num_classes,
+            in_chans=args.in_chans or info.in_chans,
+            **kwargs,
+        )
+    except Exception as e:
+        if not args.pretrained_path:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"--pretrained-path {args.pretrained_path!r} does not hold weights of the base of "
+            f"{args.model!r} ({type(e).__name__}: {first[:300]})"
+        ) from e
 
 
 def default_points(model: nn.Module) -> list[Any]:
@@ -99,6 +113,30 @@ def default_points(model: nn.Module) -> list[Any]:
         return [0.0, 0.5, 1.0]
     eye = torch.eye(config.n).tolist()
     return [tuple(v) for v in eye] + [tuple([1.0 / config.n] * config.n)]
+
+
+def check_points(config: SubspaceConfig, points: list[Any], ensembles: list[list[Any]]) -> None:
+    """Every point lies on the subspace, and every ensemble member is one of the evaluated points.
+
+    >>> check_points(SubspaceConfig("line"), [0.0, 1.0], [[0.0, 1.0]])
+    >>> check_points(SubspaceConfig("line"), [0.0, 1.5], [])
+    Traceback (most recent call last):
+    ...
+    ValueError: --eval-points: point 1.5 is outside [0, 1]
+    """
+    for p in points:
+        try:
+            _coefficients(config.shape, config.n, p)
+        except ValueError as e:
+            raise ValueError(f"--eval-points: {e}") from None
+    names = {point_name(p) for p in points}
+    for e in ensembles:
+        missing = [point_name(p) for p in e if point_name(p) not in names]
+        if missing:
+            raise ValueError(
+                f"--eval-ensembles: member(s) {missing} of {'+'.join(map(point_name, e))} are not evaluated "
+                f"points {sorted(names)}: add them to --eval-points"
+            )
 
 
 def point_name(point: Any) -> str:
@@ -164,12 +202,16 @@ class Trainer:
         set_seed(args.seed)
         self.points = parse_points(args.eval_points)
         self.ensembles = parse_ensembles(args.eval_ensembles)
-        if args.num_samples < 1 or args.grad_accum_steps < 1 or args.epochs < 1:
-            raise ValueError(
-                f"--num-samples, --grad-accum-steps and --epochs must be >= 1, got "
-                f"{args.num_samples}, {args.grad_accum_steps}, {args.epochs}"
-            )
+        for flag in ("num_samples", "grad_accum_steps", "epochs", "bn_recal_batches", "checkpoint_hist"):
+            if getattr(args, flag) < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
         train_set, val_set, info = open_data(args)
+        num_classes = args.num_classes or info.num_classes
+        if num_classes < 2:
+            raise ValueError(
+                f"the training data has {num_classes} class: classification needs at least 2 "
+                f"(check --data-dir and --train-split, or pass --num-classes)"
+            )
         model = create_model(args, info)
         if args.initial_checkpoint:
             load_weights(model, args.initial_checkpoint)
@@ -178,8 +220,9 @@ class Trainer:
             raise ValueError(
                 f"--eval-points/--eval-ensembles/--num-samples need a subspace model, not {args.model!r}"
             )
-        if self.kind == "subspace" and not self.points:
-            self.points = default_points(model)
+        if self.kind == "subspace":
+            self.points = self.points or default_points(model)
+            check_points(model.subspace_config, self.points, self.ensembles)
         self.config = set_transforms(args, model, train_set, val_set)
         self.train_set = train_set
         eval_batch = args.validation_batch_size or args.batch_size
@@ -216,34 +259,100 @@ class Trainer:
         self.criterion = (
             LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing else nn.CrossEntropyLoss()
         )
-        self.folder = self._experiment_folder()
-        metric = args.eval_metric
-        self.checkpoints = Checkpoints(
-            self.acc, self.folder, metric.split("_")[-1] in DECREASING, args.checkpoint_hist
-        )
+        names = self.metric_names()
+        if args.eval_metric not in names:
+            raise ValueError(f"--eval-metric {args.eval_metric!r} is not one of {names}")
         self.start_epoch, self.step = 0, 0
         self.points_result: Any = None  # the latest evaluate_points result of the training model
+        decreasing = args.eval_metric.split("_")[-1] in DECREASING
         if args.resume:
-            state = self.checkpoints.load(
+            state = Checkpoints(self.acc, Path(args.resume).parent, decreasing, args.checkpoint_hist).load(
                 args.resume, self.model, args.model, self.ema.module if self.ema else None
             )
             self.start_epoch, self.step = state.epoch, state.step
             if self.start_epoch:
                 self.scheduler.step(self.start_epoch)
+        self.folder, self.lock = self._claim_folder()  # last: nothing below can fail
+        self.checkpoints = Checkpoints(self.acc, self.folder, decreasing, args.checkpoint_hist)
 
     @property
     def unwrapped(self) -> nn.Module:
         return self.acc.unwrap_model(self.model)
 
-    def _experiment_folder(self) -> Path:
+    def metric_names(self) -> list[str]:
+        """The metrics every evaluation of this run reports (the choices of ``--eval-metric``)."""
+        base = [f.name for f in fields(Metrics)]
+        names = list(base)
+        if self.kind == "op":
+            names.append("collapse_rel_err")
+        if self.kind == "subspace":
+            names += [f"point{point_name(p)}_{k}" for p in self.points for k in base]
+            names += [f"ens{'+'.join(point_name(p) for p in e)}_{k}" for e in self.ensembles for k in base]
+        if self.ema is not None:
+            names += [f"ema_{n}" for n in names]
+        return names
+
+    def _claim_folder(self) -> tuple[Path, FileLock | None]:
+        """The experiment folder, created (main process) and locked for this run.
+
+        A run never writes into a folder that holds another run: a new run needs a new or empty
+        folder (a default name gets a ``-2``, ``-3``... suffix if taken), a resumed run continues
+        its own. The lock (``.lock``, released by the OS if the process dies) keeps two live runs out
+        of one folder. Every process gets the main process's folder, or its error.
+        """
         args = self.args
-        if args.resume and not args.experiment:
-            return Path(args.resume).resolve().parent
-        name = [
-            args.experiment or f"{datetime.now():%Y%m%d-%H%M%S}-{args.model}-{self.config['input_size'][-1]}"
-        ]
-        broadcast_object_list(name)  # every process writes to the main process's folder
-        return Path(args.output) / name[0]
+        own = Path(args.resume).resolve().parent if args.resume else None
+        answer: list[Any] = [None, None]
+        lock = None
+        if self.acc.is_main_process:
+            try:
+                answer[0] = str(self._create_folder(own))
+                lock = FileLock(Path(answer[0]) / ".lock")
+                lock.acquire(timeout=0)
+            except Timeout:
+                answer[1] = (
+                    f"another run is writing to {answer[0]!r} (its .lock is held): wait for it to end, "
+                    f"or choose another --experiment"
+                )
+            except OSError as e:
+                answer[1] = (
+                    f"cannot write to the experiment folder {answer[0] or args.output!r}: {e.strerror or e} "
+                    f"(--output {args.output!r} must be a writable folder)"
+                )
+            except ValueError as e:
+                answer[1] = str(e)
+        broadcast_object_list(answer)
+        if answer[1] is not None:
+            raise ValueError(answer[1])
+        return Path(answer[0]), lock
+
+    def _create_folder(self, own: Path | None) -> Path:
+        args = self.args
+        if own is not None and not args.experiment:
+            return own
+        output = Path(args.output)
+        if output.exists() and not output.is_dir():
+            raise ValueError(f"--output {args.output!r} is a file, not a folder of experiment folders")
+        if args.experiment:
+            folder = output / args.experiment
+            folder.mkdir(parents=True, exist_ok=True)
+            taken = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
+            if taken and folder.resolve() != own:
+                raise ValueError(
+                    f"{str(folder)!r} already holds a run ({', '.join(sorted(taken)[:4])}): choose another "
+                    f"--experiment, or continue that run with --resume {folder / 'last'}"
+                )
+            return folder
+        stem = f"{datetime.now():%Y%m%d-%H%M%S}-{args.model}-{self.config['input_size'][-1]}"
+        output.mkdir(parents=True, exist_ok=True)
+        for i in range(1, 1000):
+            folder = output / (stem if i == 1 else f"{stem}-{i}")
+            try:
+                folder.mkdir()  # atomic: two runs started in the same second get different folders
+                return folder
+            except FileExistsError:
+                continue
+        raise ValueError(f"999 experiment folders named {stem!r}* in {args.output!r}: pass --experiment")
 
     # ------------------------------------------------------------------------------------ training
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -266,8 +375,8 @@ class Trainer:
                 finite = acc.gather(torch.isfinite(loss.detach()).reshape(1)).all()
                 if not finite:
                     raise FloatingPointError(
-                        f"the loss is {loss.item()} at epoch {epoch}, batch {i}: training stopped, the last "
-                        f"checkpoint in {str(self.folder)!r} is untouched (lower --lr or set --clip-grad)"
+                        f"the loss is {loss.item()} at epoch {epoch}, batch {i}: training stopped; "
+                        f"{self._kept()} (lower --lr or set --clip-grad)"
                     )
                 acc.backward(loss)
                 if args.clip_grad and acc.sync_gradients:
@@ -299,7 +408,7 @@ class Trainer:
         if self.kind == "op":
             plain = collapse(model)
             metrics = _flat(evaluate_model(plain, self.val_loader, gather))
-            metrics["collapse_rel_err"] = self.check_collapse(model, plain)
+            metrics["collapse_rel_err"] = self.check_collapse(model, plain, epoch)
             return metrics, None
         if self.kind == "subspace":
             res = evaluate_points(
@@ -324,7 +433,7 @@ class Trainer:
         return _flat(evaluate_model(model, self.val_loader, gather)), None
 
     @torch.no_grad()
-    def check_collapse(self, expanded: nn.Module, plain: nn.Module) -> float:
+    def check_collapse(self, expanded: nn.Module, plain: nn.Module, epoch: int) -> float:
         """Relative error between expanded and collapsed eval logits on the first validation batch."""
         x, _ = next(iter(self.val_loader))
         modes = {m: m.training for m in expanded.modules()}
@@ -335,19 +444,34 @@ class Trainer:
             for m, training in modes.items():
                 m.training = training
         limit = 1e-4 if self.acc.mixed_precision == "no" else 5e-2
+        if not math.isfinite(err):
+            raise FloatingPointError(
+                f"the model's outputs are not finite after epoch {epoch}: the training diverged; "
+                f"{self._kept()} (lower --lr or set --clip-grad)"
+            )
         if not err <= limit:
             raise RuntimeError(f"collapsed and expanded logits differ by {err:.3g} (relative; limit {limit})")
         return err
 
     # ------------------------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
-        """Train, evaluate and checkpoint every epoch, export; returns the results record."""
+        """Train, evaluate and checkpoint every epoch, export; returns the results record.
+
+        A resumed run whose epochs are all done only redoes the end: exports and ``results.json``.
+        """
+        try:
+            return self._run()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def _run(self) -> dict[str, Any]:
         args, acc = self.args, self.acc
         if acc.is_main_process:
-            self.folder.mkdir(parents=True, exist_ok=True)
             tmp = self.folder / ".args.yaml.tmp"
             tmp.write_text(yaml.safe_dump(vars(args), sort_keys=False))
             os.replace(tmp, self.folder / "args.yaml")
+            self._truncate_summary()
         if args.log_wandb:
             acc.init_trackers(
                 args.wandb_project or "timm_overparam",
@@ -357,29 +481,22 @@ class Trainer:
                 },
             )
         self.log(f"{args.model} ({self.kind}): {self.folder}")
-        metrics: dict[str, float] = {}
-        best_epoch, best_metric = None, self.checkpoints.best_metric()
+        if self.start_epoch >= self.epochs:  # every epoch done before: the end of the run again
+            metrics = self.evaluate_all(self.epochs - 1)
         for epoch in range(self.start_epoch, self.epochs):
             start = time.perf_counter()
             train = self.train_epoch(epoch)
-            metrics, _ = self.evaluate(self.unwrapped, epoch)
-            if self.ema is not None:
-                points_result = self.points_result
-                metrics |= {f"ema_{k}": v for k, v in self.evaluate(self.ema.module, epoch)[0].items()}
-                self.points_result = points_result
-            if args.eval_metric not in metrics:
-                raise ValueError(f"--eval-metric {args.eval_metric!r} is not one of {sorted(metrics)}")
+            metrics = self.evaluate_all(epoch)
             self.scheduler.step(epoch + 1, metrics[args.eval_metric])
+            lr = self.optimizer.param_groups[0]["lr"]
+            if acc.is_main_process:  # before the checkpoint: a resume drops rows of unsaved epochs
+                summary = self.folder / "summary.csv"
+                update_summary(epoch, train, metrics, summary, lr=lr, write_header=not summary.exists())
             state = TrainerState(
                 args.model, epoch + 1, self.step, metrics[args.eval_metric], args.eval_metric
             )
             state.model_kwargs = dict(args.model_kwargs or {})
-            if self.checkpoints.save(state, self.ema.module if self.ema else None):
-                best_epoch, best_metric = epoch, metrics[args.eval_metric]
-            lr = self.optimizer.param_groups[0]["lr"]
-            if acc.is_main_process:
-                summary = self.folder / "summary.csv"
-                update_summary(epoch, train, metrics, summary, lr=lr, write_header=not summary.exists())
+            self.checkpoints.save(state, self.ema.module if self.ema else None)
             acc.log(
                 {"train_loss": train["loss"], "lr": lr, **{f"eval_{k}": v for k, v in metrics.items()}},
                 step=epoch,
@@ -388,9 +505,50 @@ class Trainer:
             self.log(
                 f"epoch {epoch}: train loss {train['loss']:.4f}, {shown} ({time.perf_counter() - start:.1f} s)"
             )
-        results = self.finish(metrics, best_epoch, best_metric)
+        best = read_state(self.folder / "best")
+        results = self.finish(metrics, best.epoch - 1, best.metric)
         acc.end_training()
         return results
+
+    def evaluate_all(self, epoch: int) -> dict[str, float]:
+        """The training model's metrics (and the EMA's, as ``ema_*``); a non-finite one stops the run."""
+        metrics, _ = self.evaluate(self.unwrapped, epoch)
+        if self.ema is not None:
+            points_result = self.points_result
+            metrics |= {f"ema_{k}": v for k, v in self.evaluate(self.ema.module, epoch)[0].items()}
+            self.points_result = points_result
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if bad:
+            raise FloatingPointError(
+                f"the evaluation after epoch {epoch} is not finite ({bad[0]} = {metrics[bad[0]]}): the "
+                f"training diverged; {self._kept()} (lower --lr or set --clip-grad)"
+            )
+        return metrics
+
+    def _kept(self) -> str:
+        """What a stopped run leaves: the last checkpoint, or none."""
+        last = self.folder / "last"
+        if last.is_symlink():
+            return f"the last checkpoint {str(self.folder / os.readlink(last))!r} is untouched"
+        return f"no checkpoint was written in {str(self.folder)!r}"
+
+    def _truncate_summary(self) -> None:
+        """Drop ``summary.csv`` rows of epochs after the checkpoint this run starts from (a resume)."""
+        summary = self.folder / "summary.csv"
+        if not summary.exists():
+            return
+        with open(summary, newline="") as f:
+            reader = csv.DictReader(f)
+            header, rows = reader.fieldnames or [], list(reader)
+        kept = [r for r in rows if r.get("epoch", "").isdigit() and int(r["epoch"]) < self.start_epoch]
+        if len(kept) == len(rows):
+            return
+        tmp = self.folder / ".summary.csv.tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(kept)
+        os.replace(tmp, summary)
 
     def finish(
         self, metrics: dict[str, float], best_epoch: int | None, best_metric: float | None
@@ -422,8 +580,6 @@ class Trainer:
                 f"parameters: expanded {results['param_count']:,}, collapsed {results['param_count_collapsed']:,}"
             )
         elif self.kind == "subspace":
-            if self.points_result is None:  # resumed after the last epoch: evaluate once more
-                self.evaluate(model, self.epochs - 1)
             res = self.points_result
             for i, p in enumerate(self.points):
                 plain = extract_point(model, p, res.bn_stats[i] if res.bn_stats else None)  # as evaluated

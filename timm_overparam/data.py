@@ -68,7 +68,7 @@ def open_dataset(name: str, root: str | None, split: str, *, download: bool = Fa
     360
     """
     if name == DIGITS:
-        return DigitsDataset("train" if train else "validation")
+        return DigitsDataset(split)
     if name not in _FOLDER and not name.startswith(_PREFIXES):
         raise ValueError(
             f"unknown dataset {name!r}: use {DIGITS!r}, an image folder ('' with --data-dir), or a timm "
@@ -81,7 +81,7 @@ def open_dataset(name: str, root: str | None, split: str, *, download: bool = Fa
     if name in _FOLDER:
         name = ""
     try:
-        return create_dataset(
+        dataset = create_dataset(
             name, root=root, split=split, is_training=train, download=download, input_img_mode=None
         )
     except (RuntimeError, AssertionError, FileNotFoundError) as e:
@@ -89,6 +89,17 @@ def open_dataset(name: str, root: str | None, split: str, *, download: bool = Fa
         raise ValueError(
             f"cannot open dataset {name or 'folder'!r} split {split!r} in {root!r}: {e}{hint}"
         ) from e
+    # timm reads the data dir itself when it has no folder for the split: that would train on
+    # (or evaluate on) every image of the data dir, the other split's included
+    found = getattr(getattr(dataset, "reader", dataset), "root", None)
+    if name in ("", "torch/folder", "torch/image_folder") and found and os.path.samefile(found, root):
+        flag = "--train-split" if train else "--val-split"
+        raise ValueError(
+            f"image folder {root!r} has no {split!r} split (a sub-folder {split}/, or one of timm's "
+            f"synonyms: train/training, val/valid/validation/eval/evaluation): add it, or set {flag} to "
+            f"an existing sub-folder of {sorted(p.name for p in os.scandir(root) if p.is_dir())}"
+        )
+    return dataset
 
 
 def describe(dataset: Dataset) -> DataInfo:

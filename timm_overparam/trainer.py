@@ -446,7 +446,7 @@ class Trainer:
         limit = 1e-4 if self.acc.mixed_precision == "no" else 5e-2
         if not math.isfinite(err):
             raise FloatingPointError(
-                f"the model's outputs are not finite after epoch {epoch}: the training diverged; "
+                f"the evaluation after epoch {epoch} is not finite (the model's outputs): the training diverged; "
                 f"{self._kept()} (lower --lr or set --clip-grad)"
             )
         if not err <= limit:

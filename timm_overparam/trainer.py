@@ -89,13 +89,16 @@ def create_model(args: argparse.Namespace, info: DataInfo) -> nn.Module:
     if args.pretrained_path and not os.path.isfile(args.pretrained_path):
         raise ValueError(f"--pretrained-path {args.pretrained_path!r} is not a file")
     try:
-        return timm.create_model(
+        model = timm.create_model(
             args.model,
             pretrained=args.pretrained,
             num_classes=args.num_classes or info.num_classes,
             in_chans=args.in_chans or info.in_chans,
             **kwargs,
         )
+        if args.pretrained_path:
+            check_pretrained_file(model, args.pretrained_path)
+        return model
     except Exception as e:
         if not args.pretrained_path:
             raise
@@ -104,6 +107,30 @@ def create_model(args: argparse.Namespace, info: DataInfo) -> nn.Module:
             f"--pretrained-path {args.pretrained_path!r} does not hold weights of the base of "
             f"{args.model!r} ({type(e).__name__}: {first[:300]})"
         ) from e
+
+
+def check_pretrained_file(model: nn.Module, path: str) -> None:
+    """Raise if the weights file ``path`` lacks tensors of ``model``'s stock form (its classifier aside).
+
+    timm loads a pretrained file without ``strict`` when the classifier is reset, so a foreign file
+    would otherwise leave the model at its random init with only a log line.
+
+    Example: ``check_pretrained_file(timm.create_model("resnet18"), "resnet18.safetensors")``
+    """
+    kind = family(model)
+    stock = (
+        collapse(model)
+        if kind == "op"
+        else extract_point(model, default_points(model)[0])
+        if kind == "subspace"
+        else model
+    )
+    classifier = stock.pretrained_cfg.get("classifier") or ()
+    heads = {classifier} if isinstance(classifier, str) else set(classifier)
+    found = set(timm.models.load_state_dict(path))
+    missing = [k for k in stock.state_dict() if k not in found and k.rsplit(".", 1)[0] not in heads]
+    if missing:
+        raise KeyError(f"{len(missing)} tensors of the model are missing, e.g. {missing[:4]}")
 
 
 def default_points(model: nn.Module) -> list[Any]:

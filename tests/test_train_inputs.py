@@ -1,0 +1,147 @@
+"""Bad input to train.py is one clear error, raised before the first training step."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from accelerate.state import AcceleratorState, GradientState
+from PIL import Image
+from safetensors.torch import save_file
+from test_train import FAST, ROOT, run, write_image_folder
+
+import torch
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+
+
+LINE = ["--model", "test_resnet_line"]
+SIMPLEX = ["--model", "test_resnet_simplex"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([*LINE, "--eval-points", "1.5"], r"--eval-points: point 1.5 is outside \[0, 1\]"),
+        ([*LINE, "--eval-points", "0,-0.1"], r"--eval-points: point -0.1 is outside \[0, 1\]"),
+        ([*SIMPLEX, "--eval-points", "0.5:0.6:0"], r"--eval-points: coordinates .* sum to"),
+        ([*SIMPLEX, "--eval-points", "0.5:0.5"], r"--eval-points: a simplex point has 3 coordinates"),
+        (
+            [*LINE, "--eval-points", "0,1", "--eval-ensembles", "0+0.25"],
+            r"\['0.25'\] of 0\+0.25 are not evaluated",
+        ),
+        ([*LINE, "--bn-recal-batches", "0"], r"--bn-recal-batches must be >= 1, got 0"),
+        (["--eval-metric", "top9"], r"--eval-metric 'top9' is not one of \['top1', 'top5'"),
+        ([*LINE, "--eval-metric", "point0.3_top1"], r"--eval-metric 'point0.3_top1' is not one of"),
+        (["--lr", "nan"], r"--lr must be a finite number, got nan"),
+        (["--val-split", "test"], r"sklearn/digits has the splits 'train' and 'validation', got 'test'"),
+    ],
+)
+def test_bad_input_fails_before_anything_is_written(tmp_path, argv, message):
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, *FAST, "--epochs", "1", *argv)
+    assert list(tmp_path.iterdir()) == []  # no experiment folder: nothing ran
+
+
+def test_image_folders_need_both_splits_and_two_classes(tmp_path):
+    write_image_folder(tmp_path / "data")
+    for split in ("train", "validation"):
+        (tmp_path / "data" / split / "class1").rename(tmp_path / f"{split}-class1")
+    with pytest.raises(ValueError, match=r"the training data has 1 class: classification needs at least 2"):
+        run(tmp_path / "out", *FAST, "--data-dir", str(tmp_path / "data"))
+    flat = tmp_path / "flat"  # classes only, no train/ and validation/ folders
+    (tmp_path / "data" / "train" / "class0").rename(flat / "class0") if flat.mkdir() is None else None
+    (tmp_path / "train-class1").rename(flat / "class1")
+    with pytest.raises(
+        ValueError, match=r"image folder '.*flat' has no 'train' split .*\['class0', 'class1'\]"
+    ):
+        run(tmp_path / "out", *FAST, "--data-dir", str(flat))
+    write_image_folder(tmp_path / "two")
+    with pytest.raises(ValueError, match=r"has no 'holdout' split .*--val-split .*\['train', 'validation'\]"):
+        run(tmp_path / "out", *FAST, "--data-dir", str(tmp_path / "two"), "--val-split", "holdout")
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_that_is_not_a_writable_folder(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"--output '.*file' is a file, not a folder"):
+        run(tmp_path / "file", *FAST, "--epochs", "1")
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)  # a read-only --output (root ignores chmod)
+    with pytest.raises(ValueError, match=r"cannot write to the experiment folder .*Permission denied"):
+        run(tmp_path / "ro", *FAST, "--epochs", "1", "--experiment", "x")
+
+
+def test_pretrained_path_to_a_foreign_file(tmp_path):
+    save_file({"other.weight": torch.zeros(2)}, tmp_path / "foreign.safetensors")
+    (tmp_path / "junk.bin").write_bytes(b"not weights")
+    for file in ("foreign.safetensors", "junk.bin"):
+        with pytest.raises(
+            ValueError, match=rf"--pretrained-path '.*{file}' does not hold weights of the base"
+        ):
+            run(tmp_path / "out", *FAST, "--pretrained", "--pretrained-path", str(tmp_path / file))
+    with pytest.raises(ValueError, match=r"--pretrained-path '.*missing' is not a file"):
+        run(tmp_path / "out", *FAST, "--pretrained", "--pretrained-path", str(tmp_path / "missing"))
+
+
+def train_py(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    return subprocess.run(
+        [sys.executable, "train.py", "--output", str(tmp_path / "out"), *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_train_py_reports_bad_configs_and_flags_in_one_line(tmp_path):
+    (tmp_path / "broken.yaml").write_text("epochs: [\n")
+    (tmp_path / "list.yaml").write_text("- epochs\n- 2\n")
+    (tmp_path / "float.yaml").write_text("epochs: 2.5\n")
+    cases = {
+        ("-c", str(tmp_path / "missing.yaml")): "cannot read config '.*missing.yaml': No such file",
+        ("-c", str(tmp_path / "broken.yaml")): "config '.*broken.yaml' is not valid YAML",
+        (f"--config={tmp_path / 'list.yaml'}",): "must be a mapping of flag names to values .* got a list",
+        ("-c", str(tmp_path / "float.yaml")): "config '.*float.yaml': epochs must be an integer, got 2.5",
+        ("--model-kwargs", "op_depth"): r"--model-kwargs: 'op_depth' is not key=value",
+        ("--output", str(tmp_path / "list.yaml")): r"--output '.*list.yaml' is a file",
+    }
+    for argv, message in cases.items():
+        done = (
+            train_py(tmp_path, *argv)
+            if "--output" not in argv
+            else subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True, text=True)
+        )
+        assert done.returncode != 0
+        assert "Traceback" not in done.stderr, done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert __import__("re").search(message, last), (argv, last)
+
+
+def test_wandb_is_requested_by_every_form_of_the_config_flag(tmp_path):
+    (tmp_path / "on.yaml").write_text("log_wandb: true\n")
+    (tmp_path / "off.yaml").write_text("epochs: 1\n")
+    forms = [
+        ["-c", str(tmp_path / "on.yaml")],
+        [f"--config={tmp_path / 'on.yaml'}"],
+        [f"-c{tmp_path / 'on.yaml'}"],
+        ["--log-wandb"],
+        ["-c", str(tmp_path / "off.yaml")],
+        [],
+    ]
+    code = (
+        "import runpy, sys; ns = runpy.run_path('train.py', run_name='probe'); "
+        f"print([ns['_wandb_requested'](argv) for argv in {forms!r}])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[-2] == "[True, True, True, True, False, False]"

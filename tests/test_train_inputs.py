@@ -1,17 +1,16 @@
 """Bad input to train.py is one clear error, raised before the first training step."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from accelerate.state import AcceleratorState, GradientState
-from PIL import Image
 from safetensors.torch import save_file
 from test_train import FAST, ROOT, run, write_image_folder
-
-import torch
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +55,8 @@ def test_image_folders_need_both_splits_and_two_classes(tmp_path):
     with pytest.raises(ValueError, match=r"the training data has 1 class: classification needs at least 2"):
         run(tmp_path / "out", *FAST, "--data-dir", str(tmp_path / "data"))
     flat = tmp_path / "flat"  # classes only, no train/ and validation/ folders
-    (tmp_path / "data" / "train" / "class0").rename(flat / "class0") if flat.mkdir() is None else None
+    flat.mkdir()
+    (tmp_path / "data" / "train" / "class0").rename(flat / "class0")
     (tmp_path / "train-class1").rename(flat / "class1")
     with pytest.raises(
         ValueError, match=r"image folder '.*flat' has no 'train' split .*\['class0', 'class1'\]"
@@ -125,7 +125,7 @@ def test_train_py_reports_bad_configs_and_flags_in_one_line(tmp_path):
         assert done.returncode != 0
         assert "Traceback" not in done.stderr, done.stderr
         last = done.stderr.strip().splitlines()[-1]
-        assert __import__("re").search(message, last), (argv, last)
+        assert re.search(message, last), (argv, last)
 
 
 def test_wandb_is_requested_by_every_form_of_the_config_flag(tmp_path):

@@ -365,9 +365,14 @@ class Trainer:
             folder.mkdir(parents=True, exist_ok=True)
             taken = [p.name for p in folder.iterdir() if not p.name.startswith(".")]
             if taken and folder.resolve() != own:
+                fix = (
+                    f"continue that run with --resume {folder / 'last'}"
+                    if (folder / "last").is_symlink()
+                    else "delete it (it has no checkpoint to resume from)"
+                )
                 raise ValueError(
                     f"{str(folder)!r} already holds a run ({', '.join(sorted(taken)[:4])}): choose another "
-                    f"--experiment, or continue that run with --resume {folder / 'last'}"
+                    f"--experiment, or {fix}"
                 )
             return folder
         stem = f"{datetime.now():%Y%m%d-%H%M%S}-{args.model}-{self.config['input_size'][-1]}"

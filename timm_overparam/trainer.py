@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from timm.utils import ModelEmaV3, update_summary
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from timm_overparam.checkpoint import Checkpoints, TrainerState, read_state
+from timm_overparam.checkpoint import Checkpoints, TrainerState, read_state, write_text_atomic
 from timm_overparam.cli import mixed_precision, parse_ensembles, parse_points
 from timm_overparam.convert import collapse, is_expanded
 from timm_overparam.data import DIGITS, DataInfo, data_config, describe, loader, open_dataset, transforms
@@ -500,9 +501,7 @@ class Trainer:
     def _run(self) -> dict[str, Any]:
         args, acc = self.args, self.acc
         if acc.is_main_process:
-            tmp = self.folder / ".args.yaml.tmp"
-            tmp.write_text(yaml.safe_dump(vars(args), sort_keys=False))
-            os.replace(tmp, self.folder / "args.yaml")
+            write_text_atomic(self.folder / "args.yaml", yaml.safe_dump(vars(args), sort_keys=False))
             self._truncate_summary()
         if args.log_wandb:
             acc.init_trackers(
@@ -575,12 +574,11 @@ class Trainer:
         kept = [r for r in rows if r.get("epoch", "").isdigit() and int(r["epoch"]) < self.start_epoch]
         if len(kept) == len(rows):
             return
-        tmp = self.folder / ".summary.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(kept)
-        os.replace(tmp, summary)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(kept)
+        write_text_atomic(summary, text.getvalue())
 
     def finish(
         self, metrics: dict[str, float], best_epoch: int | None, best_metric: float | None
@@ -620,9 +618,7 @@ class Trainer:
             results["param_count_point"] = sum(p.numel() for p in plain.parameters())
         results["exports"] = [str(p) for p in exports]
         if self.acc.is_main_process:
-            tmp = self.folder / ".results.json.tmp"
-            tmp.write_text(json.dumps(results, indent=2))
-            os.replace(tmp, self.folder / "results.json")
+            write_text_atomic(self.folder / "results.json", json.dumps(results, indent=2))
         self.acc.wait_for_everyone()
         return results
 

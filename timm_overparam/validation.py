@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from timm.utils import reparameterize_model
 
-from timm_overparam.checkpoint import EMA_FILE, MODEL_FILE, read_state
+from timm_overparam.checkpoint import EMA_FILE, MODEL_FILE, read_state, verify_files
 from timm_overparam.cli import mixed_precision, parse_ensembles, parse_points
 from timm_overparam.convert import collapse
 from timm_overparam.data import loader
@@ -50,7 +50,11 @@ def _weights_file(args: argparse.Namespace) -> Path | None:
             raise ValueError(
                 f"{str(path)!r} holds a {state.model!r} model, not {args.model!r}: pass --model {state.model}"
             )
-        return path / (EMA_FILE if args.use_ema else MODEL_FILE)
+        name = EMA_FILE if args.use_ema else MODEL_FILE
+        if args.use_ema and not (path / EMA_FILE).is_file():
+            raise ValueError(f"{str(path)!r} has no {EMA_FILE}: it was trained without --model-ema")
+        verify_files(path, [name], state)  # a bit flip would otherwise evaluate at chance, silently
+        return path / name
     if args.use_ema:
         raise ValueError("--use-ema needs a train.py checkpoint folder, not a single file")
     return path

@@ -18,7 +18,7 @@ from timm_overparam.validation import validate
 def main() -> None:
     try:
         record = validate(parse_args(validate_parser()))
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OSError) as e:
         sys.exit(f"error: {e}")
     print(json.dumps(record, indent=2))
 

@@ -12,6 +12,8 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import save_file
 from test_train import FAST, ROOT, run, write_image_folder
 
+from timm_overparam.cli import parse_args
+
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
@@ -145,3 +147,29 @@ def test_wandb_is_requested_by_every_form_of_the_config_flag(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[-2] == "[True, True, True, True, False, False]"
+
+
+def test_validate_checks_its_results_file_and_points_before_evaluating(tmp_path, monkeypatch):
+    from timm_overparam import validation
+    from timm_overparam.cli import validate_parser
+
+    def evaluate(*args, **kwargs):
+        raise AssertionError("evaluated before the inputs were checked")
+
+    monkeypatch.setattr(validation, "evaluate_model", evaluate)
+    monkeypatch.setattr(validation, "evaluate_points", evaluate)
+    (tmp_path / "file").write_text("")
+    cases = {
+        ("--model", "test_resnet", "--results-file", str(tmp_path)): r"--results-file '.*' is a folder",
+        (
+            "--model",
+            "test_resnet",
+            "--results-file",
+            str(tmp_path / "file" / "r.json"),
+        ): r"cannot write --results-file",
+        ("--model", "test_resnet_line", "--eval-points", "2"): r"--eval-points: point 2.0 is outside",
+        ("--model", "test_resnet_line", "--bn-recal-batches", "0"): r"--bn-recal-batches must be >= 1",
+    }
+    for argv, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            validation.validate(parse_args(validate_parser(), list(argv)))

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +20,20 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from timm.utils import reparameterize_model
 
-from timm_overparam.checkpoint import EMA_FILE, MODEL_FILE, read_state, verify_files
+from timm_overparam.checkpoint import EMA_FILE, MODEL_FILE, read_state, verify_files, write_text_atomic
 from timm_overparam.cli import mixed_precision, parse_ensembles, parse_points
 from timm_overparam.convert import collapse
 from timm_overparam.data import loader
 from timm_overparam.evaluate import Metrics, evaluate_model, evaluate_points
 from timm_overparam.subspace import extract_point
-from timm_overparam.trainer import create_model, default_points, family, open_data, set_transforms
+from timm_overparam.trainer import (
+    check_points,
+    create_model,
+    default_points,
+    family,
+    open_data,
+    set_transforms,
+)
 from timm_overparam.weights import load_weights
 
 
@@ -65,6 +74,10 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
 
     Example: ``validate(parse_args(validate_parser(), ["--model", "resnet18", "--checkpoint", "c.safetensors"]))``
     """
+    if args.results_file:
+        check_writable(args.results_file)  # before the evaluation, not after it
+    if args.bn_recal_batches < 1:
+        raise ValueError(f"--bn-recal-batches must be >= 1, got {args.bn_recal_batches}")
     acc = Accelerator(mixed_precision=mixed_precision(args))
     set_seed(args.seed)
     train_set, val_set, info = open_data(args)
@@ -82,6 +95,9 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     record: dict[str, Any] = {"model": args.model, "family": kind}
     points = parse_points(args.eval_points)
     if kind == "subspace":
+        check_points(
+            model.subspace_config, points or default_points(model), parse_ensembles(args.eval_ensembles)
+        )
         bn = loader(train_set, args.batch_size, shuffle=True, workers=0, seed=args.seed)
         res = evaluate_points(
             model,
@@ -126,17 +142,32 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise a ValueError naming ``path`` unless a file can be written there (its folder is created).
+
+    Example: ``check_writable("results/resnet18.json")``
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--results-file {str(path)!r} is a folder: give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write --results-file {str(path)!r}: {e.strerror or e}") from None
+
+
 def write_results(record: dict[str, Any], path: str | os.PathLike, fmt: str) -> None:
     """Write the record as JSON, or as one CSV row (nested per-point lists as JSON text); atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     if fmt == "json":
-        tmp.write_text(json.dumps(record, indent=2))
+        write_text_atomic(path, json.dumps(record, indent=2))
     else:
         flat = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in record.items()}
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(flat))
-            writer.writeheader()
-            writer.writerow(flat)
-    os.replace(tmp, path)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(flat))
+        writer.writeheader()
+        writer.writerow(flat)
+        write_text_atomic(path, text.getvalue())

@@ -189,16 +189,35 @@ def test_original_init_statistics():
     "kwargs,match",
     [
         (dict(depth=0), "depth must be an integer >= 1"),
-        (dict(width=0), "width must be a number > 0"),
-        (dict(width=-1.0), "width must be a number > 0"),
+        (dict(depth=True), "depth must be an integer >= 1, got True"),
+        (dict(width=0), "width must be a finite number > 0"),
+        (dict(width=-1.0), "width must be a finite number > 0"),
+        (
+            dict(width=float("nan")),
+            r"width must be a finite number > 0 \(1 keeps the layer's size\), got nan",
+        ),
+        (dict(width=float("inf")), "width must be a finite number > 0 .*, got inf"),
+        (dict(width="2"), "width must be a finite number > 0 .*, got '2'"),
         (dict(hidden="max"), "hidden must be"),
         (dict(residual=True, residual_intervals=[0]), "residual_intervals"),
+        (dict(residual=True, residual_intervals=[True]), "residual_intervals"),
+        (dict(residual=True, residual_intervals="2"), "residual_intervals"),
         (dict(init="zeros"), "init must be"),
+        (dict(bn_eps=0.0), "bn_eps must be a finite number > 0"),
+        (dict(bn_eps=float("nan")), "bn_eps must be a finite number > 0 .*, got nan"),
+        (dict(bn_momentum=float("inf")), r"bn_momentum must be a number in \[0, 1\] or None .*, got inf"),
+        (dict(bn_momentum=1.5), r"bn_momentum must be a number in \[0, 1\]"),
     ],
 )
 def test_bad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ExpandOptions(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["batch_norm", "residual", "learnable_residual", "factor_bias"])
+def test_switches_must_be_booleans(name):
+    with pytest.raises(TypeError, match=f"{name} must be True or False, got 'no'"):
+        ExpandOptions(**{name: "no"})
 
 
 def test_bad_kernel_sizes_and_modules():
@@ -210,7 +229,7 @@ def test_bad_kernel_sizes_and_modules():
         expand_module(nn.Linear(8, 8), ExpandOptions(width=0.5))
 
 
-@pytest.mark.parametrize("depth,width", itertools.product([2, 8], [1, 2]))
+@pytest.mark.parametrize("depth,width", list(itertools.product([2, 8], [1, 2])))
 def test_deep_float32_chain_is_exact(depth, width):
     module = nn.Conv2d(16, 16, 3, padding=1)
     reference = copy.deepcopy(module)

@@ -146,3 +146,144 @@ def test_architectures_registered_later_can_be_added():
     model = timm.create_model("tiny_user_net_op3")
     assert list(model.overparam_report.converted) == ["0"]
     assert "lazy module not initialised" in model.overparam_report.skipped["2"]
+
+
+# ------------------------------------------------------------------ derived cfgs and pretrained loads
+DERIVED_NAMES = [
+    "resnet18_op3",
+    "resnet50_op2",
+    "convnext_atto_op2",
+    "efficientnet_b0_op2",
+    "vit_tiny_patch16_224_op3",
+    "vit_tiny_patch16_224_line",
+    "mobilenetv3_small_100_line",
+    "resnet18_curve",
+    "deit_tiny_patch16_224_simplex",
+    "regnetx_002_op4",
+]
+
+
+def _as_tuple(names):
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def _check_default_cfg(model: nn.Module) -> None:
+    """timm's test_model_default_cfgs name checks: every first_conv/classifier ``.weight`` is in the state_dict."""
+    state_dict, cfg = model.state_dict(), model.default_cfg
+    if cfg.get("num_classes", None):
+        for c in _as_tuple(cfg["classifier"]):
+            assert c + ".weight" in state_dict.keys(), f"{c} not in model params"
+    first_conv = cfg["first_conv"]
+    assert isinstance(_as_tuple(first_conv), (tuple, list))
+    for fc in _as_tuple(first_conv):
+        assert fc + ".weight" in state_dict.keys(), f"{fc} not in model params"
+
+
+@pytest.mark.parametrize("name", DERIVED_NAMES)
+def test_derived_default_cfgs_name_tensors_of_the_derived_state_dict(name):
+    model = timm.create_model(name, pretrained=False).eval()
+    assert model.num_classes >= 0 and model.num_features > 0 and model.head_hidden_size > 0
+    _check_default_cfg(model)
+    cfg = model.default_cfg
+    assert ".parametrizations.weight.0." in _as_tuple(cfg["first_conv"])[0]
+    assert timm.models.get_model_traits(model)["first_conv"] == cfg["first_conv"]  # what timm's loader reads
+    registered = timm.models.get_pretrained_cfg(name)  # the registered cfg says the same
+    assert (registered.first_conv, registered.classifier) == (cfg["first_conv"], cfg["classifier"])
+    if not cfg.get("fixed_input_size"):  # forward checks of timm's test, at a small input
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            pre = model.forward_head(model.forward_features(x), pre_logits=True)
+            assert pre.shape == (1, model.head_hidden_size)
+            model.reset_classifier(0)
+            assert model(x).shape == pre.shape
+    base = name.rsplit("_", 1)[0]
+    point = [1 / 3] * 3 if name.endswith("_simplex") else 0.5
+    plain = collapse(model) if "_op" in name else timm_overparam.extract_point(model, point)
+    stock_cfg = timm.create_model(base, pretrained=False).default_cfg
+    assert (plain.default_cfg["first_conv"], plain.default_cfg["classifier"]) == (
+        stock_cfg["first_conv"],
+        stock_cfg["classifier"],
+    )
+    assert timm.models.get_model_traits(plain)["first_conv"] == stock_cfg["first_conv"]
+
+
+def test_options_that_leave_the_stem_alone_keep_its_name():
+    model = timm.create_model("test_resnet_op2", op_exclude=["conv1.*"], num_classes=3)
+    assert model.default_cfg["first_conv"] == "conv1.0"
+    assert model.default_cfg["classifier"] == (
+        "fc.parametrizations.weight.0.factors.0",
+        "fc.parametrizations.weight.0.factors.1",
+    )
+    _check_default_cfg(model)
+
+
+def _base_file(tmp_path, num_classes: int = 7):
+    base = timm.create_model("test_resnet", num_classes=num_classes)
+    randomize_norm_stats(base)
+    return base.eval(), save_weights(base, tmp_path / "test_resnet.safetensors")
+
+
+@pytest.mark.parametrize("name", ["test_resnet_op3", "test_resnet_line"])
+def test_base_checkpoint_into_derived_model_with_other_classes_and_channels(tmp_path, name):
+    base, file = _base_file(tmp_path)
+    kwargs = dict(
+        pretrained=True, num_classes=5, in_chans=1, pretrained_cfg_overlay=dict(file=str(file), num_classes=7)
+    )
+    model = (
+        timm.create_model(name, subspace_init="copy", **kwargs)
+        if "line" in name
+        else timm.create_model(name, **kwargs)
+    )
+    stock = timm.create_model("test_resnet", **kwargs)  # timm's own classifier reset and input adaptation
+    torch.testing.assert_close(stock.conv1[0].weight, base.conv1[0].weight.sum(1, keepdim=True))
+    assert model.conv1[0].in_channels == 1 and model.fc.out_features == 5
+    x = torch.randn(2, 1, 32, 32)
+    model.eval(), stock.eval()
+    with torch.no_grad():
+        assert rel_err(model.forward_features(x), stock.forward_features(x)) <= 1e-5
+        assert rel_err(model.forward_features(x), base.forward_features(x.expand(-1, 3, -1, -1))) <= 1e-5
+
+
+def _trained_derived(name: str, tmp_path, **kwargs):
+    model = timm.create_model(name, num_classes=7, **kwargs)
+    randomize_norm_stats(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    file = save_weights(model, tmp_path / f"{name}.safetensors", parametrized=True)
+    return model.eval(), file
+
+
+@pytest.mark.parametrize("name", ["test_resnet_op3", "test_resnet_line"])
+def test_derived_checkpoint_loads_with_classifier_reset_and_input_adaptation(tmp_path, name):
+    saved, file = _trained_derived(name, tmp_path)
+    state = saved.state_dict()
+    overlay = dict(file=str(file), num_classes=7)
+    same = timm.create_model(name, pretrained=True, num_classes=7, pretrained_cfg_overlay=overlay)
+    assert same.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in same.state_dict().items())
+
+    other = timm.create_model(name, pretrained=True, num_classes=5, pretrained_cfg_overlay=overlay).eval()
+    assert other.fc.out_features == 5
+    loaded = other.state_dict()
+    head = [k for k in loaded if k.startswith("fc.")]
+    assert head and all(loaded[k].shape != state[k].shape for k in head)  # the classifier was reset
+    for k, v in loaded.items():
+        if not k.startswith("fc."):
+            assert torch.equal(v, state[k]), k
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(other.forward_features(x), saved.forward_features(x)) <= 1e-6
+    if "_op" in name:  # an expanded stem's hidden size depends on its input channels
+        with pytest.raises(ValueError, match="only subspace checkpoints adapt to another in_chans"):
+            timm.create_model(name, pretrained=True, in_chans=1, pretrained_cfg_overlay=overlay)
+        return
+    gray = timm.create_model(
+        name, pretrained=True, num_classes=5, in_chans=1, pretrained_cfg_overlay=overlay
+    ).eval()
+    for i in range(2):
+        key = f"conv1.0.parametrizations.weight.0.vertices.{i}.weight"
+        torch.testing.assert_close(gray.state_dict()[key], state[key].sum(1, keepdim=True))
+    x1 = torch.randn(2, 1, 32, 32)
+    with torch.no_grad(), timm_overparam.at_point(gray, 0.3), timm_overparam.at_point(saved, 0.3):
+        assert rel_err(gray.forward_features(x1), saved.forward_features(x1.expand(-1, 3, -1, -1))) <= 1e-5

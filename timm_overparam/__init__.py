@@ -23,7 +23,7 @@ from timm_overparam.subspace import (
     subspace,
     subspace_regularizer,
 )
-from timm_overparam.weights import save_weights
+from timm_overparam.weights import load_weights, save_weights
 
 __all__ = [
     "BNStats",
@@ -47,6 +47,7 @@ __all__ = [
     "extract_point",
     "is_expanded",
     "load_bn_stats",
+    "load_weights",
     "overparameterize",
     "plot_points",
     "recalibrate_bn",

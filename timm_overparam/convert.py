@@ -6,6 +6,7 @@ import copy
 import fnmatch
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 from torch.nn.utils import parametrize
@@ -29,6 +30,9 @@ class ConversionReport:
     converted: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     base: str | None = None
+    # pretrained_cfg / timm _traits entries the conversion re-pointed, as they were (restored on export)
+    cfg_before: dict[str, Any] = field(default_factory=dict, repr=False)
+    traits_before: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def summary(self) -> str:
         """One line: how many modules were converted and skipped."""
@@ -58,10 +62,10 @@ class Selection:
             value = getattr(self, name)
             if isinstance(value, str):
                 value = (value,)
-            if not all(isinstance(p, str) for p in value):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
                 raise TypeError(f"{name} must be a list of fnmatch patterns, got {value!r}")
             object.__setattr__(self, name, tuple(value))
-        if not isinstance(self.min_params, int) or self.min_params < 0:
+        if not isinstance(self.min_params, int) or isinstance(self.min_params, bool) or self.min_params < 0:
             raise ValueError(f"min_params must be an integer >= 0, got {self.min_params!r}")
 
     def skip_reason(self, name: str, numel: int) -> str | None:
@@ -127,6 +131,7 @@ def walk(
     ``candidate`` returns True, False (not this family's business) or a reason it cannot be
     converted; ``apply`` converts one target and returns a detail line (or raises ``Skip``).
     """
+    _refuse_converted(model, family)
     report = ConversionReport(family, base=(getattr(model, "pretrained_cfg", None) or {}).get("architecture"))
     for target in list(_targets(model, tensors)):
         verdict = candidate(target)
@@ -147,7 +152,87 @@ def walk(
         report.skipped[target.name] = reason
     guard_rnns(model)
     _carry_no_weight_decay(model)
+    _retarget_cfg(model, report)
     return report
+
+
+def _find_parametrized(model: nn.Module, kind: type) -> str | None:
+    """The first ``module.tensor`` of ``model`` re-parameterized by a ``kind`` parametrization, or None."""
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for tensor, plist in module.parametrizations.items():
+                if isinstance(plist[0], kind):
+                    return f"{name}.{tensor}" if name else tensor
+    return None
+
+
+def _refuse_converted(model: nn.Module, family: str) -> None:
+    """Converting a converted model (twice, or both families) is refused: export it first."""
+    from timm_overparam.subspace import SubspaceParam  # subspace imports this module
+
+    where = _find_parametrized(model, ExpandProject)
+    if where is not None:
+        raise ValueError(
+            f"cannot convert to {family}: {where!r} is already an expand-and-project chain "
+            "(converting twice or stacking families is not supported); convert "
+            "timm_overparam.collapse(model), the stock model, instead"
+        )
+    where = _find_parametrized(model, SubspaceParam)
+    if where is not None:
+        raise ValueError(
+            f"cannot convert to {family}: {where!r} is already a subspace tensor "
+            "(converting twice or stacking families is not supported); convert "
+            "timm_overparam.extract_point(model, point), the stock model at a point, instead"
+        )
+
+
+# pretrained_cfg keys that name modules by their ``.weight``; True: only the tensors reading the input
+_CFG_NAMES = {"first_conv": True, "classifier": False}
+
+
+def slot_names(model: nn.Module, names: str | Sequence[str], inputs_only: bool) -> str | tuple[str, ...]:
+    """``names`` of timm's ``first_conv``/``classifier`` with every converted module replaced by its tensors.
+
+    A converted module keeps no ``<name>.weight`` in the state_dict: its tensors are the ``.weight``
+    of the parametrization's slots, and timm's loader adapts (``inputs_only``: those that read the
+    input) or resets those instead. Unconverted names are kept.
+
+    >>> net = overparameterize(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)), depth=2, include=["1"])
+    >>> slot_names(net, ("0", "1"), inputs_only=False)
+    ('0', '1.parametrizations.weight.0.factors.0', '1.parametrizations.weight.0.factors.1')
+    """
+    out: list[str] = []
+    for name in (names,) if isinstance(names, str) else names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            module = None
+        chain = module.parametrizations.weight[0] if parametrize.is_parametrized(module, "weight") else None
+        if callable(getattr(chain, "slots", None)):
+            out += [f"{name}.parametrizations.weight.0.{slot}" for slot in chain.slots(inputs_only)]
+        else:
+            out.append(name)
+    return out[0] if isinstance(names, str) and len(out) == 1 else tuple(out)
+
+
+def _retarget_cfg(model: nn.Module, report: ConversionReport) -> None:
+    """Make the model's ``first_conv``/``classifier`` (pretrained_cfg, timm's ``_traits``) name its tensors."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict):
+        for key, inputs_only in _CFG_NAMES.items():
+            if cfg.get(key):
+                mapped = slot_names(model, cfg[key], inputs_only)
+                if mapped != cfg[key]:
+                    report.cfg_before[key] = cfg[key]
+        if report.cfg_before:
+            new = {k: slot_names(model, v, _CFG_NAMES[k]) for k, v in report.cfg_before.items()}
+            model.pretrained_cfg = model.default_cfg = {**cfg, **new}
+    traits = getattr(model, "_traits", None)
+    if isinstance(traits, dict) and traits.get("first_conv"):
+        mapped = slot_names(model, traits["first_conv"], inputs_only=True)
+        if mapped != traits["first_conv"]:
+            report.traits_before["first_conv"] = traits["first_conv"]
+            model._traits = {**traits, "first_conv": mapped}
 
 
 @dataclass(frozen=True)
@@ -246,10 +331,10 @@ def overparameterize(
     >>> net.overparam_report.summary()
     'op: 2 converted, 0 skipped'
     """
-    types = (types,) if isinstance(types, str) else tuple(types)
-    bad = [t for t in types if t not in _OP_TYPES]
-    if bad or not types:
-        raise ValueError(f"types must be a subset of {list(_OP_TYPES)}, got {list(types)}")
+    given = types
+    types = (types,) if isinstance(types, str) else tuple(types) if isinstance(types, (list, tuple)) else ()
+    if not types or any(t not in _OP_TYPES for t in types):
+        raise ValueError(f"types must be a subset of {list(_OP_TYPES)}, got {given!r}")
     options = ExpandOptions(
         depth=depth,
         width=width,
@@ -261,7 +346,7 @@ def overparameterize(
         factor_bias=factor_bias,
         init=init,
     )
-    selection = Selection(tuple(include), tuple(exclude), min_params)
+    selection = Selection(include, exclude, min_params)
     model.overparam_report = walk(model, "op", _op_candidate(types), selection, _op_apply(options))
     return model
 
@@ -282,6 +367,14 @@ def collapse(model: nn.Module, inplace: bool = False) -> nn.Module:
     >>> sorted(collapse(net).state_dict())
     ['0.bias', '0.weight']
     """
+    from timm_overparam.subspace import SubspaceParam  # subspace imports this module
+
+    where = _find_parametrized(model, SubspaceParam)
+    if where is not None:
+        raise ValueError(
+            f"{where!r} is a subspace tensor: collapse() exports expand-and-project models; the stock "
+            "model of a subspace model is a point of it: use timm_overparam.extract_point(model, point)"
+        )
     if not inplace:
         model = copy.deepcopy(model)
     for module in list(model.modules()):
@@ -292,7 +385,7 @@ def collapse(model: nn.Module, inplace: bool = False) -> nn.Module:
 
 
 def restore_base_cfg(model: nn.Module) -> None:
-    """Drop the conversion's report and no_weight_decay from ``model``; its pretrained_cfg names the base again.
+    """Drop the conversion's report and no_weight_decay; pretrained_cfg (and ``_traits``) name the base again.
 
     >>> net = overparameterize(nn.Sequential(nn.Linear(4, 2)))
     >>> restore_base_cfg(net); hasattr(net, "overparam_report")
@@ -300,7 +393,14 @@ def restore_base_cfg(model: nn.Module) -> None:
     """
     report = model.__dict__.pop("overparam_report", None)
     model.__dict__.pop("no_weight_decay", None)
+    if report is None:
+        return
     cfg = getattr(model, "pretrained_cfg", None)
-    if report is not None and report.base and isinstance(cfg, dict):
-        model.pretrained_cfg = {**cfg, "architecture": report.base}
-        model.default_cfg = model.pretrained_cfg
+    if isinstance(cfg, dict):
+        restored = {**cfg, **report.cfg_before}
+        if report.base:
+            restored["architecture"] = report.base
+        model.pretrained_cfg = model.default_cfg = restored
+    traits = getattr(model, "_traits", None)
+    if isinstance(traits, dict) and report.traits_before:
+        model._traits = {**traits, **report.traits_before}

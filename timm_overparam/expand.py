@@ -10,6 +10,7 @@ per input shape.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import MethodType
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from timm_overparam.unparametrize import unparametrize
+from timm_overparam.unparametrize import WeightList, unparametrize
 
 Hidden = Literal["out", "min"]
 Init = Literal["preserve", "original"]
@@ -31,6 +32,20 @@ _BN_CLS = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchN
 # benchmarks/train_step.py found no resnet18/vit_tiny layer whose choice depends on it (0..288):
 # the multiply-add counts decide; it only tips memory-bound chains of tiny matrices.
 _ELEMENT_COST = 12.0
+
+
+def _tracing() -> bool:
+    """Under torch.export, torch.compile or torch.fx: compose in the graph, never from the eval cache."""
+    return torch.compiler.is_compiling() or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    """A real number (not a bool) that is neither infinite nor NaN."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -54,21 +69,35 @@ class ExpandOptions:
     bn_momentum: float | None = 0.1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.depth, int) or isinstance(self.depth, bool) or self.depth < 1:
+        if not _is_int(self.depth) or self.depth < 1:
             raise ValueError(f"depth must be an integer >= 1, got {self.depth!r}")
-        if not isinstance(self.width, (int, float)) or self.width <= 0:
-            raise ValueError(f"width must be a number > 0, got {self.width!r}")
-        if self.hidden not in ("out", "min"):
+        if not _is_finite(self.width) or self.width <= 0:
+            raise ValueError(
+                f"width must be a finite number > 0 (1 keeps the layer's size), got {self.width!r}"
+            )
+        if not isinstance(self.hidden, str) or self.hidden not in ("out", "min"):
             raise ValueError(f"hidden must be 'out' (the original) or 'min', got {self.hidden!r}")
-        if self.init not in ("preserve", "original"):
+        if not isinstance(self.init, str) or self.init not in ("preserve", "original"):
             raise ValueError(f"init must be 'preserve' or 'original', got {self.init!r}")
+        for name in ("batch_norm", "residual", "learnable_residual", "factor_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         iv = self.residual_intervals
-        ivs = (iv,) if isinstance(iv, int) else tuple(iv)
-        if not ivs or any(not isinstance(n, int) or (n < 1 and n != -1) for n in ivs):
+        ivs = (iv,) if _is_int(iv) else tuple(iv) if isinstance(iv, (list, tuple)) else None
+        if not ivs or any(not _is_int(n) or (n < 1 and n != -1) for n in ivs):
             raise ValueError(
                 f"residual_intervals must be a positive int, -1 (= depth) or a list of them, got {iv!r}"
             )
         object.__setattr__(self, "residual_intervals", ivs)
+        if not _is_finite(self.bn_eps) or self.bn_eps <= 0:
+            raise ValueError(
+                f"bn_eps must be a finite number > 0 (batch-norm's default is 1e-5), got {self.bn_eps!r}"
+            )
+        m = self.bn_momentum
+        if m is not None and (not _is_finite(m) or not 0 <= m <= 1):
+            raise ValueError(
+                f"bn_momentum must be a number in [0, 1] or None (cumulative average), got {m!r}"
+            )
 
     @property
     def intervals(self) -> tuple[int, ...]:
@@ -206,8 +235,9 @@ class ExpandProject(nn.Module):
         # stride/padding sit on the first factor when the rest are 1x1, else on the last
         self.stride_factor = 0 if self.matrix_form else d - 1
         kw = dict(dtype=dtype, device=device)
-        self.factors = nn.ParameterList(
-            nn.Parameter(torch.empty(*layout.experts, sizes[i + 1], sizes[i] // g, *kernel_sizes[i], **kw))
+        # factor i is parameter ``factors.<i>.weight``: timm's first_conv/classifier names can point at it
+        self.factors = WeightList(
+            torch.empty(*layout.experts, sizes[i + 1], sizes[i] // g, *kernel_sizes[i], **kw)
             for i in range(d)
         )
         self.biases = (
@@ -233,6 +263,24 @@ class ExpandProject(nn.Module):
         self._cache: tuple[tuple, Tensor] | None = None
         self._mode: dict[tuple[int, ...], bool] = {}
         self.reset_factors()
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise TypeError(
+            "TorchScript cannot compile an expand-and-project chain (a torch.nn.utils.parametrize "
+            "parametrization): script timm_overparam.collapse(model) instead, or export the training "
+            "form with torch.export.export"
+        )
+
+    def slots(self, inputs_only: bool = False) -> tuple[str, ...]:
+        """Names (relative to this chain) of its factors, or of the one that reads the module's input.
+
+        timm's ``first_conv`` names the input factor (the only one with the input channels) and
+        ``classifier`` every factor, so that timm's loader adapts and resets them.
+
+        >>> expand_module(nn.Linear(4, 4), ExpandOptions(depth=2)).slots()
+        ('factors.0', 'factors.1')
+        """
+        return ("factors.0",) if inputs_only else tuple(f"factors.{i}" for i in range(len(self.factors)))
 
     # ----------------------------------------------------------------------------------- setup
     @staticmethod
@@ -422,7 +470,7 @@ class ExpandProject(nn.Module):
         return nodes[-1]
 
     def forward(self) -> Tensor:
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or _tracing():
             return self.compose()
         key = self.state_key()
         if self._cache is None or self._cache[0] != key:
@@ -663,7 +711,7 @@ class ExpandProjectBias(nn.Module):
         self._cache: tuple[tuple, Tensor] | None = None
 
     def forward(self, last_bias: Tensor) -> Tensor:
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or _tracing():
             return self.chain.compose_bias(last_bias)
         key = (last_bias.data_ptr(), last_bias._version, *self.chain.state_key())
         if self._cache is None or self._cache[0] != key:

@@ -2,7 +2,11 @@
 
 Each derived entrypoint pops its family's kwargs (``op_*``, ``subspace_*``), calls the BASE
 entrypoint with the rest (so ``pretrained=True`` and ``pretrained_cfg_overlay=dict(file=...)`` load
-base weights) and converts the result. Derived pretrained cfgs are the base's, without hub ids.
+base weights, with timm's classifier reset and input-conv adaptation) and converts the result. A
+pretrained source that is a checkpoint of the derived model itself (``save_weights(model, file,
+parametrized=True)``) is loaded after the conversion, by timm's loader with the derived cfg.
+Derived pretrained cfgs are the base's, without hub ids, with ``first_conv``/``classifier`` naming
+the derived tensors (a converted module has no ``<name>.weight`` in the state_dict).
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ import copy
 import inspect
 import sys
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import timm
-from timm.models import _registry
+from safetensors import safe_open
+from timm.models import _registry, load_pretrained
+from timm.models._builder import resolve_pretrained_cfg
 from torch import nn
 
 _DERIVED: set[str] = set()  # names this plugin registered, never used as a base
@@ -37,6 +43,9 @@ class Family:
     variants: Mapping[str, Mapping[str, Any]]
     convert: Callable[..., nn.Module]
     factory: str | None = None
+    # (variant options, inputs_only) -> names of a converted weight's tensors, relative to its
+    # parametrization: what registered cfgs' first_conv/classifier point at
+    slots: Callable[[Mapping[str, Any], bool], tuple[str, ...]] | None = None
 
     @property
     def options(self) -> list[str]:
@@ -61,12 +70,15 @@ def _entrypoint(
     def create(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         options = {**fixed, **_split_options(family, derived, kwargs)}
         build = _registry.model_entrypoint(base)
-        model = build(pretrained=pretrained, **kwargs)
+        own = pretrained and _derived_source(base, kwargs)  # a checkpoint of the derived model
+        model = build(pretrained=pretrained and not own, **kwargs)
         if family.factory is not None:
             options[family.factory] = lambda: build(pretrained=False, **kwargs)
         family.convert(model, **options)
         cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         model.pretrained_cfg = model.default_cfg = {**cfg, "architecture": derived}
+        if own:
+            _load_derived(model, kwargs)
         return model
 
     create.__name__ = create.__qualname__ = derived
@@ -75,16 +87,95 @@ def _entrypoint(
     return create
 
 
-def _derived_cfg(base: str) -> _registry.DefaultCfg | None:
-    """The base's pretrained cfgs, stripped of everything that points at downloadable weights."""
+def _is_derived_state(keys: Iterable[str]) -> bool:
+    return any(k.startswith("parametrizations.") or ".parametrizations." in k for k in keys)
+
+
+def _derived_source(base: str, kwargs: Mapping[str, Any]) -> bool:
+    """Whether the pretrained source given to create_model (``file`` or ``state_dict``) holds derived tensors."""
+    try:
+        cfg = resolve_pretrained_cfg(
+            base, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")
+        ).to_dict()
+    except Exception:  # no cfg to resolve: the base entrypoint reports it
+        return False
+    if cfg.get("state_dict"):
+        return _is_derived_state(cfg["state_dict"])
+    file = cfg.get("file")
+    if not file or cfg.get("source") in ("hf-hub", "local-dir"):
+        return False
+    try:
+        if str(file).endswith(".safetensors"):
+            with safe_open(file, framework="pt") as f:
+                return _is_derived_state(f.keys())
+        return _is_derived_state(timm.models.load_state_dict(file))
+    except Exception:  # unreadable: the base entrypoint's loader reports it
+        return False
+
+
+def _load_derived(model: nn.Module, kwargs: Mapping[str, Any]) -> None:
+    """Load a derived checkpoint with timm's loader: the derived cfg names the tensors to adapt and reset.
+
+    timm adapts the input tensors (``first_conv``) to ``in_chans`` and, for another ``num_classes``,
+    drops the classifier's ``.weight`` tensors; the rest of each classifier module (its own bias,
+    factor biases, bias vertices) is dropped with them here.
+    """
+    cfg = {**model.pretrained_cfg, "label_offset": 0}  # a derived checkpoint has the model's classes
+    num_classes = getattr(model, "num_classes", kwargs.get("num_classes", 1000))
+    heads = model.overparam_report.cfg_before.get("classifier", cfg.get("classifier")) or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    reset = bool(heads) and num_classes != cfg.get("num_classes")
+    prefixes = tuple(f"{h}." for h in heads)
+
+    def drop_heads(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+        return {k: v for k, v in state.items() if not (reset and k.startswith(prefixes))}
+
+    in_chans = kwargs.get("in_chans", 3)
+    try:
+        load_pretrained(model, cfg, num_classes, in_chans, filter_fn=drop_heads)
+    except RuntimeError as e:
+        if "size mismatch" not in str(e):
+            raise
+        raise ValueError(
+            f"the derived checkpoint {cfg.get('file') or 'state_dict'} does not fit "
+            f"{cfg.get('architecture')} with in_chans={in_chans}, num_classes={num_classes} and these "
+            "options: an expanded input layer's hidden size depends on its input channels, so only "
+            "subspace checkpoints adapt to another in_chans; create the model with the checkpoint's "
+            "in_chans and options, or adapt the base model (collapse, save_weights, then load that "
+            f"file as the pretrained base): {str(e).splitlines()[-1].strip()}"
+        ) from e
+
+
+def _slot_names(names: Any, slots: tuple[str, ...]) -> Any:
+    if not names:
+        return names
+    out = tuple(
+        f"{n}.parametrizations.weight.0.{s}"
+        for n in ((names,) if isinstance(names, str) else names)
+        for s in slots
+    )
+    return out[0] if isinstance(names, str) and len(out) == 1 else out
+
+
+def _derived_cfg(base: str, family: Family, fixed: Mapping[str, Any]) -> _registry.DefaultCfg | None:
+    """The base's pretrained cfgs, stripped of everything that points at downloadable weights.
+
+    ``first_conv``/``classifier`` name the tensors that replace those modules' weights under the
+    variant's default conversion (the model's own cfg names what its conversion actually made).
+    """
     default = _registry._model_default_cfgs.get(base)
     if default is None:
         return None
+    inputs = family.slots(fixed, True) if family.slots else None
+    every = family.slots(fixed, False) if family.slots else None
     cfgs = {}
     for tag, cfg in default.cfgs.items():
-        cfgs[tag] = copy.copy(cfg)  # dataclasses.replace costs 10x more, and this runs ~2000 times
+        cfgs[tag] = new = copy.copy(cfg)  # dataclasses.replace costs 10x more, and this runs ~8000 times
         for key in ("hf_hub_id", "url", "file", "hf_hub_filename", "state_dict"):
-            setattr(cfgs[tag], key, None)
+            setattr(new, key, None)
+        if inputs is not None:
+            new.first_conv = _slot_names(cfg.first_conv, inputs)
+            new.classifier = _slot_names(cfg.classifier, every)
     return _registry.DefaultCfg(tags=deque(default.tags), cfgs=cfgs)
 
 
@@ -101,13 +192,13 @@ def register_architecture(base: str, family: Family) -> list[str]:
     if not _registry.is_model(base):
         raise ValueError(f"unknown timm architecture {base!r}; see timm.list_models() for the names")
     mod = sys.modules[family.module]
-    cfg = _derived_cfg(base)
     names = []
     for suffix, fixed in family.variants.items():
         derived = f"{base}_{suffix}"
         names.append(derived)
         if derived in _DERIVED:  # registering twice is a no-op
             continue
+        cfg = _derived_cfg(base, family, fixed)
         if cfg is not None:
             mod.default_cfgs[derived] = cfg
         _registry.register_model(_entrypoint(family, base, derived, fixed))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import math
 import numbers
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,7 +24,7 @@ from torch.nn.utils import parametrize
 
 from timm_overparam.bn import BNStats, current_bn_stats, load_bn_stats
 from timm_overparam.convert import Selection, Target, restore_base_cfg, walk
-from timm_overparam.unparametrize import unparametrize
+from timm_overparam.unparametrize import WeightList, unparametrize
 
 Shape = Literal["line", "curve", "simplex"]
 Init = Literal["independent", "copy"]
@@ -34,7 +35,7 @@ _VERTICES = {"line": 2, "curve": 3, "simplex": 3}  # default n; lines and curves
 
 
 def _check_shape(shape: str, n: int) -> None:
-    if shape not in _VERTICES:
+    if not isinstance(shape, str) or shape not in _VERTICES:
         raise ValueError(f"shape must be 'line', 'curve' or 'simplex', got {shape!r}")
     if not isinstance(n, int) or isinstance(n, bool) or n < 2:
         raise ValueError(f"a subspace needs an integer n >= 2 vertices, got {n!r}")
@@ -92,9 +93,7 @@ class SubspaceParam(nn.Module):
         _check_shape(shape, len(vertices))
         self.shape = shape
         self.regularized = regularized
-        self.vertices = nn.ParameterList(
-            v if isinstance(v, nn.Parameter) else nn.Parameter(v) for v in vertices
-        )
+        self.vertices = WeightList(vertices)  # vertex i is parameter ``vertices.<i>.weight``
         first = self.vertices[0]
         self.register_buffer(
             "coefficients",
@@ -108,6 +107,24 @@ class SubspaceParam(nn.Module):
     def n(self) -> int:
         """Number of vertices."""
         return len(self.vertices)
+
+    def slots(self, inputs_only: bool = False) -> tuple[str, ...]:
+        """Names (relative to this parametrization) of its vertices; each holds the tensor's full shape.
+
+        Every vertex is linear in the input channels, so timm's ``first_conv`` and ``classifier``
+        name them all (``inputs_only`` changes nothing).
+
+        >>> SubspaceParam("line", [torch.zeros(2), torch.ones(2)]).slots()
+        ('vertices.0', 'vertices.1')
+        """
+        return tuple(f"vertices.{i}" for i in range(self.n))
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        raise TypeError(
+            "TorchScript cannot compile a subspace tensor (a torch.nn.utils.parametrize "
+            "parametrization): script timm_overparam.extract_point(model, point) instead, or export "
+            "the training form with torch.export.export"
+        )
 
     def set_point(self, point: float | Sequence[float]) -> None:
         """Move to ``point`` (a number in [0, 1], or barycentric coordinates for a simplex)."""
@@ -150,18 +167,23 @@ class SubspaceConfig:
     regularize: str | tuple[str, ...] = "matrices"
 
     def __post_init__(self) -> None:
-        n = _VERTICES.get(self.shape, 2) if self.n is None else self.n
+        n = _VERTICES.get(self.shape, 2) if self.n is None and isinstance(self.shape, str) else self.n
         _check_shape(self.shape, n)
         object.__setattr__(self, "n", n)
         if self.init not in ("independent", "copy"):
             raise ValueError(f"init must be 'independent' or 'copy', got {self.init!r}")
-        if not isinstance(self.noise, numbers.Real) or not self.noise >= 0:
-            raise ValueError(f"noise must be a number >= 0, got {self.noise!r}")
+        if not isinstance(self.layerwise, bool):
+            raise TypeError(f"layerwise must be True or False, got {self.layerwise!r}")
+        noise = self.noise
+        if not isinstance(noise, numbers.Real) or isinstance(noise, bool) or not 0 <= noise < math.inf:
+            raise ValueError(f"noise must be a finite number >= 0 (0 copies exactly), got {noise!r}")
         reg = self.regularize
         if reg != "matrices":
-            reg = (reg,) if isinstance(reg, str) else tuple(reg)
-            if not all(isinstance(p, str) for p in reg):
-                raise TypeError(f"regularize must be 'matrices' or a list of fnmatch patterns, got {reg!r}")
+            reg = (reg,) if isinstance(reg, str) else tuple(reg) if isinstance(reg, (list, tuple)) else None
+            if reg is None or not all(isinstance(p, str) for p in reg):
+                raise TypeError(
+                    f"regularize must be 'matrices' or a list of fnmatch patterns, got {self.regularize!r}"
+                )
             object.__setattr__(self, "regularize", reg)
 
     def regularized(self, name: str, tensor: Tensor) -> bool:
@@ -282,6 +304,8 @@ def subspace(
     'subspace: 4 converted, 0 skipped'
     """
     config = SubspaceConfig(shape, n, layerwise, init, noise, regularize)
+    if factory is not None and not callable(factory):
+        raise TypeError(f"factory must make a fresh base model when called (or be None), got {factory!r}")
     selection = Selection(include, exclude, min_params)
     vertices = _Vertices(config, factory)
     model.overparam_report = walk(model, "subspace", _candidate(model), selection, vertices, tensors=True)

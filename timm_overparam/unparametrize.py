@@ -1,16 +1,61 @@
-"""Removing parametrizations so that a module is stock again, safely on deep copies.
+"""Storage of parametrizations' tensors, and removing parametrizations so that a module is stock again.
 
-Also keeps parametrized RNNs deep-copyable: ``nn.LSTM``/``nn.GRU`` cache their weights in
-``_flat_weights``, which after a forward would hold that forward's non-leaf tensors (and graph).
+``WeightList`` holds a parametrization's tensors (factors, vertices) under keys that end in
+``.weight``. ``unparametrize`` removes parametrizations safely on deep copies. ``guard_rnns`` keeps
+parametrized RNNs deep-copyable: ``nn.LSTM``/``nn.GRU`` cache their weights in ``_flat_weights``,
+which after a forward would hold that forward's non-leaf tensors (and graph).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
+
+
+class Slot(nn.Module):
+    """One tensor of a ``WeightList``, held as this module's ``weight`` parameter.
+
+    >>> Slot(torch.zeros(2)).weight.requires_grad
+    True
+    """
+
+    def __init__(self, tensor: Tensor) -> None:
+        super().__init__()
+        self.weight = tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor)
+
+
+class WeightList(nn.Module):
+    """A list of parameters, each the ``weight`` of one ``Slot`` submodule: state_dict keys ``<i>.weight``.
+
+    Indexing, ``len`` and iteration give the tensors, as an ``nn.ParameterList`` would. The keys
+    end in ``.weight`` so that a timm ``first_conv``/``classifier`` name can point at each tensor of a
+    parametrized layer (``conv1.parametrizations.weight.0.factors.0``): timm's pretrained loader
+    adapts and resets those tensors like a stock layer's weight.
+
+    >>> w = WeightList([torch.zeros(2, 3), torch.ones(3)])
+    >>> sorted(w.state_dict()), tuple(w[-1].shape), len(w)
+    (['0.weight', '1.weight'], (3,), 2)
+    """
+
+    def __init__(self, tensors: Iterable[Tensor]) -> None:
+        super().__init__()
+        for i, tensor in enumerate(tensors):
+            self.add_module(str(i), Slot(tensor))
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, index: int) -> nn.Parameter:
+        n = len(self._modules)
+        if not isinstance(index, int) or not -n <= index < n:
+            raise IndexError(f"WeightList index {index!r} out of range for {n} tensors")
+        return self._modules[str(index % n)].weight
+
+    def __iter__(self) -> Iterator[nn.Parameter]:
+        return (slot.weight for slot in self._modules.values())
 
 
 def unparametrize(module: nn.Module, names: Sequence[str], requires_grad: bool) -> None:

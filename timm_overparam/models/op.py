@@ -16,6 +16,9 @@ FAMILY = Family(
     prefix="op_",
     variants={f"op{d}": {"depth": d} for d in (2, 3, 4)},
     convert=overparameterize,
+    slots=lambda fixed, inputs_only: (
+        ("factors.0",) if inputs_only else tuple(f"factors.{i}" for i in range(fixed["depth"]))
+    ),
 )
 
 register_family(FAMILY)

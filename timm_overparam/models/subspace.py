@@ -9,7 +9,7 @@ draws the extra vertices from fresh instances of the base model: timm's own init
 from typing import Any
 
 from timm_overparam.registry import Family, register_family
-from timm_overparam.subspace import subspace
+from timm_overparam.subspace import SubspaceConfig, subspace
 
 default_cfgs: dict[str, Any] = {}
 
@@ -19,6 +19,7 @@ FAMILY = Family(
     variants={shape: {"shape": shape} for shape in ("line", "curve", "simplex")},
     convert=subspace,
     factory="factory",
+    slots=lambda fixed, inputs_only: tuple(f"vertices.{i}" for i in range(SubspaceConfig(**fixed).n)),
 )
 
 register_family(FAMILY)

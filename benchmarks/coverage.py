@@ -173,7 +173,7 @@ def _revive(model: Any) -> None:
 
 
 def _stock_name(name: str) -> str:
-    """The stock parameter a derived parameter feeds: ``a.parametrizations.weight.0.factors.1`` -> ``a.weight``."""
+    """The stock parameter a derived parameter feeds: ``a.parametrizations.weight.0.factors.1.weight`` -> ``a.weight``."""
     if ".parametrizations." not in name:
         return name
     owner, rest = name.split(".parametrizations.", 1)

@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import timm_overparam
-from timm_overparam.convert import is_expanded
+from timm_overparam.expand.convert import is_expanded
 
 
 @dataclass

@@ -106,3 +106,15 @@ def test_load_weights_is_public_beside_save_weights(tmp_path):
     other = timm.create_model("test_resnet_op2", num_classes=3)
     top.load_weights(other, file)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in other.state_dict().items())
+
+
+def test_package_names_do_not_hide_the_api():
+    import types
+
+    import timm_overparam as top
+
+    # the subpackage timm_overparam.subspace must not shadow the function of the same name
+    assert callable(top.subspace) and not isinstance(top.subspace, types.ModuleType)
+    from timm_overparam.subspace import subspace
+
+    assert subspace is top.subspace

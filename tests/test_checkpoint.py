@@ -18,11 +18,17 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import load
 from torch import nn
 
-from timm_overparam import checkpoint as ckpt
-from timm_overparam.checkpoint import Checkpoints, TrainerState, file_sha256, read_state, write_text_atomic
-from timm_overparam.cli import parse_args, train_parser, validate_parser
-from timm_overparam.trainer import train
-from timm_overparam.validation import validate
+from timm_overparam.train import checkpoint as ckpt
+from timm_overparam.train.checkpoint import (
+    Checkpoints,
+    TrainerState,
+    file_sha256,
+    read_state,
+    write_text_atomic,
+)
+from timm_overparam.train.cli import parse_args, train_parser, validate_parser
+from timm_overparam.train.loop import train
+from timm_overparam.train.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--model", "test_resnet_op2", "-b", "128", "--warmup-epochs", "0", "--lr", "0.1"]
@@ -448,7 +454,7 @@ import sys, torch
 from pathlib import Path
 from torch import nn
 from accelerate import Accelerator
-from timm_overparam.checkpoint import Checkpoints, TrainerState
+from timm_overparam.train.checkpoint import Checkpoints, TrainerState
 
 folder = Path(sys.argv[1])
 acc = Accelerator(cpu=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from timm_overparam.expand import ExpandProject
+from timm_overparam.expand.parametrization import ExpandProject
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "coverage.py"

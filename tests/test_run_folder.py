@@ -9,9 +9,9 @@ import pytest
 from accelerate.state import AcceleratorState, GradientState
 from test_train import FAST, rows, run
 
-from timm_overparam import trainer as trainer_module
-from timm_overparam.cli import parse_args, train_parser
-from timm_overparam.trainer import Trainer
+from timm_overparam.train import loop as trainer_module
+from timm_overparam.train.cli import parse_args, train_parser
+from timm_overparam.train.loop import Trainer
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 from torch.optim.swa_utils import update_bn
 
 import timm_overparam as top
-from timm_overparam.subspace import SubspaceParam
+from timm_overparam.subspace.parametrization import SubspaceParam
 
 
 def _param(module: nn.Module, name: str) -> SubspaceParam:

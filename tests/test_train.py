@@ -18,10 +18,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from timm_overparam import collapse
-from timm_overparam.cli import parse_args, train_parser, validate_parser
-from timm_overparam.data import DataInfo
-from timm_overparam.trainer import Trainer, create_model, train
-from timm_overparam.validation import validate
+from timm_overparam.train.cli import parse_args, train_parser, validate_parser
+from timm_overparam.train.data import DataInfo
+from timm_overparam.train.loop import Trainer, create_model, train
+from timm_overparam.train.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--model", "test_resnet_op2", "-b", "128", "--warmup-epochs", "0", "--lr", "0.1"]

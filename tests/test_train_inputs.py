@@ -12,7 +12,7 @@ from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import save_file
 from test_train import FAST, ROOT, run, write_image_folder
 
-from timm_overparam.cli import parse_args
+from timm_overparam.train.cli import parse_args
 
 
 @pytest.fixture(autouse=True)
@@ -150,8 +150,8 @@ def test_wandb_is_requested_by_every_form_of_the_config_flag(tmp_path):
 
 
 def test_validate_checks_its_results_file_and_points_before_evaluating(tmp_path, monkeypatch):
-    from timm_overparam import validation
-    from timm_overparam.cli import validate_parser
+    from timm_overparam.train import validation
+    from timm_overparam.train.cli import validate_parser
 
     def evaluate(*args, **kwargs):
         raise AssertionError("evaluated before the inputs were checked")

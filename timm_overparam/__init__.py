@@ -4,15 +4,17 @@
 for every timm architecture.
 """
 
-from timm_overparam.bn import BNStats, current_bn_stats, load_bn_stats, recalibrate_bn
-from timm_overparam.convert import ConversionReport, collapse, is_expanded, overparameterize
-from timm_overparam.evaluate import Metrics, SubspaceResults, evaluate_model, evaluate_points, plot_points
-from timm_overparam.expand import ExpandOptions, ExpandProject, collapse_module, expand_module
-from timm_overparam.layers import OverparamConv1d, OverparamConv2d, OverparamLinear
+from timm_overparam.core.walk import ConversionReport
+from timm_overparam.core.weights import load_weights, save_weights
+from timm_overparam.eval.points import Metrics, SubspaceResults, evaluate_model, evaluate_points, plot_points
+from timm_overparam.expand.convert import collapse, is_expanded, overparameterize
+from timm_overparam.expand.layers import OverparamConv1d, OverparamConv2d, OverparamLinear
+from timm_overparam.expand.parametrization import ExpandOptions, ExpandProject, collapse_module, expand_module
 from timm_overparam.models import op as _op_models  # noqa: F401  (registers the entrypoints)
 from timm_overparam.models import subspace as _subspace_models  # noqa: F401
 from timm_overparam.registry import register_architecture
-from timm_overparam.subspace import (
+from timm_overparam.subspace.bn import BNStats, current_bn_stats, load_bn_stats, recalibrate_bn
+from timm_overparam.subspace.parametrization import (
     SubspaceConfig,
     SubspaceParam,
     at_point,
@@ -23,7 +25,6 @@ from timm_overparam.subspace import (
     subspace,
     subspace_regularizer,
 )
-from timm_overparam.weights import load_weights, save_weights
 
 __all__ = [
     "BNStats",

@@ -6,7 +6,7 @@
 
 from typing import Any
 
-from timm_overparam.convert import overparameterize
+from timm_overparam.expand.convert import overparameterize
 from timm_overparam.registry import Family, register_family
 
 default_cfgs: dict[str, Any] = {}

@@ -9,7 +9,7 @@ draws the extra vertices from fresh instances of the base model: timm's own init
 from typing import Any
 
 from timm_overparam.registry import Family, register_family
-from timm_overparam.subspace import SubspaceConfig, subspace
+from timm_overparam.subspace.parametrization import SubspaceConfig, subspace
 
 default_cfgs: dict[str, Any] = {}
 

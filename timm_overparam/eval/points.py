@@ -20,8 +20,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from timm_overparam.bn import BNStats, current_bn_stats, load_bn_stats, recalibrate_bn
-from timm_overparam.subspace import Point, at_point
+from timm_overparam.subspace.bn import BNStats, current_bn_stats, load_bn_stats, recalibrate_bn
+from timm_overparam.subspace.parametrization import Point, at_point
 
 # a point as plain data: a number, barycentric coordinates, or {module name: point}
 PlainPoint = float | tuple[float, ...] | dict[str, float | tuple[float, ...]]

@@ -35,19 +35,27 @@ from timm.utils import ModelEmaV3, update_summary
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from timm_overparam.checkpoint import Checkpoints, TrainerState, read_state, write_text_atomic
-from timm_overparam.cli import mixed_precision, parse_ensembles, parse_points
-from timm_overparam.convert import collapse, is_expanded
-from timm_overparam.data import DIGITS, DataInfo, data_config, describe, loader, open_dataset, transforms
-from timm_overparam.evaluate import Metrics, evaluate_model, evaluate_points
-from timm_overparam.subspace import (
+from timm_overparam.core.weights import load_weights, save_weights
+from timm_overparam.eval.points import Metrics, evaluate_model, evaluate_points
+from timm_overparam.expand.convert import collapse, is_expanded
+from timm_overparam.subspace.parametrization import (
     SubspaceConfig,
     _coefficients,
     extract_point,
     sampled_loss,
     subspace_regularizer,
 )
-from timm_overparam.weights import load_weights, save_weights
+from timm_overparam.train.checkpoint import Checkpoints, TrainerState, read_state, write_text_atomic
+from timm_overparam.train.cli import mixed_precision, parse_ensembles, parse_points
+from timm_overparam.train.data import (
+    DIGITS,
+    DataInfo,
+    data_config,
+    describe,
+    loader,
+    open_dataset,
+    transforms,
+)
 
 DECREASING = ("loss", "ece")  # metrics where lower is better
 DIGITS_SIZE = 32  # the 8x8 digits are upsampled to this unless --img-size says otherwise

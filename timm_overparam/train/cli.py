@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from timm.utils import ParseKwargs
 
-from timm_overparam.data import DIGITS
+from timm_overparam.train.data import DIGITS
 
 PlainPoint = float | tuple[float, ...]
 

@@ -1,8 +1,7 @@
-"""The conversion walk shared by both families, and the collapse back to the stock model."""
+"""The conversion walk shared by both families: selection, report, refusal of stacked conversions, cfg names."""
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -11,10 +10,7 @@ from typing import Any
 from torch import nn
 from torch.nn.utils import parametrize
 
-from timm_overparam.expand import ExpandOptions, ExpandProject, collapse_module, expand_module, layout_of
-from timm_overparam.unparametrize import guard_rnns
-
-_OP_TYPES = ("conv", "linear")
+from timm_overparam.core.unparametrize import guard_rnns
 
 
 @dataclass
@@ -156,7 +152,7 @@ def walk(
     return report
 
 
-def _find_parametrized(model: nn.Module, kind: type) -> str | None:
+def find_parametrized(model: nn.Module, kind: type) -> str | None:
     """The first ``module.tensor`` of ``model`` re-parameterized by a ``kind`` parametrization, or None."""
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module):
@@ -168,16 +164,17 @@ def _find_parametrized(model: nn.Module, kind: type) -> str | None:
 
 def _refuse_converted(model: nn.Module, family: str) -> None:
     """Converting a converted model (twice, or both families) is refused: export it first."""
-    from timm_overparam.subspace import SubspaceParam  # subspace imports this module
+    from timm_overparam.expand.parametrization import ExpandProject
+    from timm_overparam.subspace.parametrization import SubspaceParam
 
-    where = _find_parametrized(model, ExpandProject)
+    where = find_parametrized(model, ExpandProject)
     if where is not None:
         raise ValueError(
             f"cannot convert to {family}: {where!r} is already an expand-and-project chain "
             "(converting twice or stacking families is not supported); convert "
             "timm_overparam.collapse(model), the stock model, instead"
         )
-    where = _find_parametrized(model, SubspaceParam)
+    where = find_parametrized(model, SubspaceParam)
     if where is not None:
         raise ValueError(
             f"cannot convert to {family}: {where!r} is already a subspace tensor "
@@ -197,6 +194,7 @@ def slot_names(model: nn.Module, names: str | Sequence[str], inputs_only: bool) 
     of the parametrization's slots, and timm's loader adapts (``inputs_only``: those that read the
     input) or resets those instead. Unconverted names are kept.
 
+    >>> from timm_overparam import overparameterize
     >>> net = overparameterize(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2)), depth=2, include=["1"])
     >>> slot_names(net, ("0", "1"), inputs_only=False)
     ('0', '1.parametrizations.weight.0.factors.0', '1.parametrizations.weight.0.factors.1')
@@ -261,132 +259,10 @@ class Skip(Exception):
     """Raised by a family's ``apply`` when one module cannot be converted (with the reason)."""
 
 
-def _op_candidate(types: Sequence[str]) -> Callable[[Target], str | bool]:
-    def candidate(target: Target) -> str | bool:
-        module = target.module
-        if isinstance(module, nn.modules.conv._ConvNd) and module.transposed:
-            return "transposed convolutions are not expanded" if "conv" in types else False
-        if isinstance(getattr(module, "weight", None), nn.parameter.UninitializedParameter):
-            return "lazy module not initialised: run one forward pass before converting"
-        layout = layout_of(module)
-        if layout is None:
-            return False
-        kind = "linear" if isinstance(module, nn.Linear) else "conv"
-        if kind not in types:
-            return False
-        if not isinstance(module.weight, nn.Parameter):
-            return "weight is not an nn.Parameter"
-        return True
-
-    return candidate
-
-
-def _op_apply(options: ExpandOptions) -> Callable[[Target], str]:
-    def apply(target: Target) -> str:
-        module = target.module
-        try:
-            chain = expand_module(module, options)
-        except ValueError as e:
-            raise Skip(str(e)) from e
-        parts = [f"depth {options.depth}", f"hidden {chain.hidden}"]
-        if options.residual:
-            parts.append(f"residual {list(chain.intervals)}" if chain.intervals else "no residual (shapes)")
-        if options.batch_norm:
-            if chain.norms is not None:
-                parts.append("batch_norm")
-            elif not chain.chain_capable:
-                parts.append(f"no batch_norm ({type(module).__name__} has its own forward)")
-            else:
-                parts.append("no batch_norm (module has no bias to fold the shift into)")
-        parts.append("chain" if chain.chain_capable else "composed")
-        return ", ".join(parts)
-
-    return apply
-
-
-def overparameterize(
-    model: nn.Module,
-    depth: int = 2,
-    width: float = 1.0,
-    *,
-    hidden: str = "min",
-    batch_norm: bool = False,
-    residual: bool = False,
-    residual_intervals: int | Sequence[int] = 2,
-    learnable_residual: bool = False,
-    factor_bias: bool = False,
-    init: str = "preserve",
-    include: Sequence[str] = ("*",),
-    exclude: Sequence[str] = (),
-    types: Sequence[str] = _OP_TYPES,
-    min_params: int = 0,
-) -> nn.Module:
-    """Expand every selected conv/linear weight of ``model`` into a chain of factors, in place.
-
-    With ``init='preserve'`` (default) the model computes exactly what it computed before, so a
-    pretrained model can be fine-tuned; ``init='original'`` draws the factors as the original
-    paper did. The report is in ``model.overparam_report``.
-
-    >>> net = overparameterize(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), depth=3)
-    >>> net.overparam_report.summary()
-    'op: 2 converted, 0 skipped'
-    """
-    given = types
-    types = (types,) if isinstance(types, str) else tuple(types) if isinstance(types, (list, tuple)) else ()
-    if not types or any(t not in _OP_TYPES for t in types):
-        raise ValueError(f"types must be a subset of {list(_OP_TYPES)}, got {given!r}")
-    options = ExpandOptions(
-        depth=depth,
-        width=width,
-        hidden=hidden,
-        batch_norm=batch_norm,
-        residual=residual,
-        residual_intervals=residual_intervals,
-        learnable_residual=learnable_residual,
-        factor_bias=factor_bias,
-        init=init,
-    )
-    selection = Selection(include, exclude, min_params)
-    model.overparam_report = walk(model, "op", _op_candidate(types), selection, _op_apply(options))
-    return model
-
-
-def is_expanded(module: nn.Module) -> bool:
-    """True when ``module.weight`` is an expand-and-project chain."""
-    return parametrize.is_parametrized(module, "weight") and isinstance(
-        module.parametrizations.weight[0], ExpandProject
-    )
-
-
-def collapse(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """The stock model: every chain replaced by its effective weight (a copy unless ``inplace``).
-
-    The state_dict keys are those of the unconverted architecture, so it loads with strict=True.
-
-    >>> net = overparameterize(nn.Sequential(nn.Linear(4, 2)), depth=3)
-    >>> sorted(collapse(net).state_dict())
-    ['0.bias', '0.weight']
-    """
-    from timm_overparam.subspace import SubspaceParam  # subspace imports this module
-
-    where = _find_parametrized(model, SubspaceParam)
-    if where is not None:
-        raise ValueError(
-            f"{where!r} is a subspace tensor: collapse() exports expand-and-project models; the stock "
-            "model of a subspace model is a point of it: use timm_overparam.extract_point(model, point)"
-        )
-    if not inplace:
-        model = copy.deepcopy(model)
-    for module in list(model.modules()):
-        if is_expanded(module):
-            collapse_module(module)
-    restore_base_cfg(model)
-    return model
-
-
 def restore_base_cfg(model: nn.Module) -> None:
     """Drop the conversion's report and no_weight_decay; pretrained_cfg (and ``_traits``) name the base again.
 
+    >>> from timm_overparam import overparameterize
     >>> net = overparameterize(nn.Sequential(nn.Linear(4, 2)))
     >>> restore_base_cfg(net); hasattr(net, "overparam_report")
     False

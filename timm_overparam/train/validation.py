@@ -20,13 +20,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from timm.utils import reparameterize_model
 
-from timm_overparam.checkpoint import EMA_FILE, MODEL_FILE, read_state, verify_files, write_text_atomic
-from timm_overparam.cli import mixed_precision, parse_ensembles, parse_points
-from timm_overparam.convert import collapse
-from timm_overparam.data import loader
-from timm_overparam.evaluate import Metrics, evaluate_model, evaluate_points
-from timm_overparam.subspace import extract_point
-from timm_overparam.trainer import (
+from timm_overparam.core.weights import load_weights
+from timm_overparam.eval.points import Metrics, evaluate_model, evaluate_points
+from timm_overparam.expand.convert import collapse
+from timm_overparam.subspace.parametrization import extract_point
+from timm_overparam.train.checkpoint import EMA_FILE, MODEL_FILE, read_state, verify_files, write_text_atomic
+from timm_overparam.train.cli import mixed_precision, parse_ensembles, parse_points
+from timm_overparam.train.data import loader
+from timm_overparam.train.loop import (
     check_points,
     create_model,
     default_points,
@@ -34,7 +35,6 @@ from timm_overparam.trainer import (
     open_data,
     set_transforms,
 )
-from timm_overparam.weights import load_weights
 
 
 def _record(metrics: Metrics) -> dict[str, float]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from timm_overparam.expand import ExpandOptions, expand_module
+from timm_overparam.expand.parametrization import ExpandOptions, expand_module
 
 
 def _kernel_list(kernel_sizes: int | Sequence[Any], depth: int | None, nd: int) -> list[tuple[int, ...]]:

@@ -37,7 +37,7 @@ from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError
 from torch import nn
 
-from timm_overparam.weights import load_weights, save_weights
+from timm_overparam.core.weights import load_weights, save_weights
 
 STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from timm_overparam.bn import BNStats, current_bn_stats, load_bn_stats
-from timm_overparam.convert import Selection, Target, restore_base_cfg, walk
-from timm_overparam.unparametrize import WeightList, unparametrize
+from timm_overparam.core.unparametrize import WeightList, unparametrize
+from timm_overparam.core.walk import Selection, Target, restore_base_cfg, walk
+from timm_overparam.subspace.bn import BNStats, current_bn_stats, load_bn_stats
 
 Shape = Literal["line", "curve", "simplex"]
 Init = Literal["independent", "copy"]

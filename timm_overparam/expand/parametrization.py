@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from timm_overparam.unparametrize import WeightList, unparametrize
+from timm_overparam.core.unparametrize import WeightList, unparametrize
 
 Hidden = Literal["out", "min"]
 Init = Literal["preserve", "original"]

@@ -186,7 +186,9 @@ def test_derived_default_cfgs_name_tensors_of_the_derived_state_dict(name):
     _check_default_cfg(model)
     cfg = model.default_cfg
     assert ".parametrizations.weight.0." in _as_tuple(cfg["first_conv"])[0]
-    assert timm.models.get_model_traits(model)["first_conv"] == cfg["first_conv"]  # what timm's loader reads
+    traits = getattr(timm.models, "get_model_traits", None)  # timm >= 1.0.31; older loaders read the cfg
+    if traits is not None:
+        assert traits(model)["first_conv"] == cfg["first_conv"]  # what timm's loader reads
     registered = timm.models.get_pretrained_cfg(name)  # the registered cfg says the same
     assert (registered.first_conv, registered.classifier) == (cfg["first_conv"], cfg["classifier"])
     if not cfg.get("fixed_input_size"):  # forward checks of timm's test, at a small input
@@ -204,7 +206,8 @@ def test_derived_default_cfgs_name_tensors_of_the_derived_state_dict(name):
         stock_cfg["first_conv"],
         stock_cfg["classifier"],
     )
-    assert timm.models.get_model_traits(plain)["first_conv"] == stock_cfg["first_conv"]
+    if traits is not None:
+        assert traits(plain)["first_conv"] == stock_cfg["first_conv"]
 
 
 def test_options_that_leave_the_stem_alone_keep_its_name():

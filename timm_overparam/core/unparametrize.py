@@ -54,6 +54,10 @@ class WeightList(nn.Module):
             raise IndexError(f"WeightList index {index!r} out of range for {n} tensors")
         return self._modules[str(index % n)].weight
 
+    def tensors(self) -> list[nn.Parameter]:
+        """The tensors as a list (torch.export before torch 2.8 cannot iterate a custom module)."""
+        return [slot.weight for slot in self._modules.values()]
+
     def __iter__(self) -> Iterator[nn.Parameter]:
         return (slot.weight for slot in self._modules.values())
 

@@ -34,9 +34,16 @@ _BN_CLS = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchN
 _ELEMENT_COST = 12.0
 
 
+# torch >= 2.9: is_fx_symbolic_tracing (is_fx_tracing warns there); before, is_fx_tracing is the same flag
+_fx_tracing = (
+    getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None)
+    or torch.fx._symbolic_trace.is_fx_tracing
+)
+
+
 def _tracing() -> bool:
     """Under torch.export, torch.compile or torch.fx: compose in the graph, never from the eval cache."""
-    return torch.compiler.is_compiling() or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+    return torch.compiler.is_compiling() or _fx_tracing()
 
 
 def _is_int(value: object) -> bool:
@@ -310,7 +317,7 @@ class ExpandProject(nn.Module):
         e = len(self.layout.experts)
         with torch.no_grad():
             last = len(self.factors) - 1
-            for i, w in enumerate(self.factors):
+            for i, w in enumerate(self.factors.tensors()):
                 fan_in = math.prod(w.shape[e + 1 :])
                 if self.options.init == "original":
                     w.normal_(0.0, (2.0 if i == last else 1.0) ** 0.5 / math.sqrt(fan_in))
@@ -345,7 +352,7 @@ class ExpandProject(nn.Module):
 
     def _plain_product(self) -> Tensor:
         """W_d ... W_1 as grouped matrices, multiplied in the cheapest order."""
-        mats = [self._grouped(w) for w in self.factors]
+        mats = [self._grouped(w) for w in self.factors.tensors()]
         split = self._order[1]
 
         def product(i: int, j: int) -> Tensor:
@@ -410,7 +417,7 @@ class ExpandProject(nn.Module):
         rows = torch.arange(self.sizes[0], device=w0.device)
         ident[rows, rows % self.layout.in_per_group] = 1
         nodes = [ident]
-        for i, w in enumerate(self.factors):
+        for i, w in enumerate(self.factors.tensors()):
             if i == 0:
                 m = w
             else:  # full convolution, the input channels per group playing the batch
@@ -451,7 +458,7 @@ class ExpandProject(nn.Module):
         """Effective bias: factor biases and batch-norm shifts carried through the chain to the output."""
         g, d = self.layout.groups, len(self.factors)
         nodes: list[Tensor | None] = [None]  # node 0 (the input) carries no bias
-        for i, w in enumerate(self.factors):
+        for i, w in enumerate(self.factors.tensors()):
             b = None
             if nodes[i] is not None:
                 taps = w.flatten(2).sum(-1) if w.dim() > 2 else w
@@ -519,7 +526,7 @@ class ExpandProject(nn.Module):
                 if attempt:
                     self.reset_factors()
                 if self.intervals:  # keep I + W well away from singular
-                    for w in self.factors:
+                    for w in self.factors.tensors():
                         w.mul_(0.5)
                 self._solve_for(target)
                 if not self.intervals and self.norms is None:
@@ -659,7 +666,7 @@ class ExpandProject(nn.Module):
                 mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
                 inp = F.pad(x, pads, mode=mode)
         nodes = [inp]
-        for i, w in enumerate(self.factors):
+        for i, w in enumerate(self.factors.tensors()):
             b = last_bias if i == d - 1 else (self.biases[i] if self.biases is not None else None)
             if nd == 0:
                 y = F.linear(nodes[i], w, b)

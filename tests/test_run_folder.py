@@ -22,11 +22,12 @@ def fresh_accelerate_state():
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``folder`` with its size and modification time (ns)."""
+    """Every file under ``folder`` with its size and modification time (ns), the run's lock left out
+    (older filelock releases delete it and create it again)."""
     return {
         str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
         for p in folder.rglob("*")
-        if p.is_file() and not p.is_symlink()
+        if p.is_file() and not p.is_symlink() and p.name != ".lock"
     }
 
 

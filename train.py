@@ -4,7 +4,8 @@
     python train.py                                    # resnet18_op3 on the embedded digits
     accelerate launch --num_processes 8 train.py --model resnet50_op3 --dataset torch/cifar10 ...
 
-``python train.py --help`` lists every flag; the job itself is ``timm_overparam.train.loop``.
+``python train.py --help`` lists every flag: the keys of ``timm_overparam.train.TrainConfig``, which
+this script only parses; the job itself is ``timm_overparam.train.train(config)``.
 """
 
 import argparse
@@ -36,8 +37,8 @@ if not _wandb_requested(sys.argv[1:]):
     sys.modules.setdefault("wandb", None)  # timm try-imports wandb: keep it out of runs that do not log
 
 import timm_overparam  # noqa: E402, F401  (registers the derived models)
+from timm_overparam.train import train  # noqa: E402
 from timm_overparam.train.cli import parse_args, train_parser  # noqa: E402
-from timm_overparam.train.loop import train  # noqa: E402
 
 
 def main() -> None:

@@ -4,15 +4,16 @@
     python validate.py --model resnet18_op3 --checkpoint output/train/<exp>/best --results-file r.json
     python validate.py --model resnet18 --checkpoint output/train/<exp>/collapsed.safetensors
 
-``python validate.py --help`` lists every flag; the job itself is ``timm_overparam.train.validation``.
+``python validate.py --help`` lists every flag: the keys of ``timm_overparam.train.ValidateConfig``,
+which this script only parses; the job itself is ``timm_overparam.train.validate(config)``.
 """
 
 import json
 import sys
 
 import timm_overparam  # noqa: F401  (registers the derived models)
+from timm_overparam.train import validate
 from timm_overparam.train.cli import parse_args, validate_parser
-from timm_overparam.train.validation import validate
 
 
 def main() -> None:

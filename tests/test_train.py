@@ -519,4 +519,4 @@ def test_train_help_documents_every_flag():
     ):
         assert flag in text
     assert all(action.help for action in train_parser()._actions)
-    assert json.loads(json.dumps(vars(parse_args(train_parser(), []))))["model"] == "resnet18_op3"
+    assert json.loads(json.dumps(parse_args(train_parser(), []).to_dict()))["model"] == "resnet18_op3"

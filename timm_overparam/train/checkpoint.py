@@ -7,6 +7,7 @@ place once complete; a link is replaced by renaming a new link over it. A run ki
 therefore leaves ``last`` pointing at a complete checkpoint (the previous one, or the new one); a
 save that fails (a full disk) removes its temporary folder and raises one error.
 
+``callbacks.json`` (when the run has callbacks) holds their ``state_dict()`` as JSON.
 ``trainer_state.json`` is written last and records the sha256 of every other file of the
 checkpoint (``files``). Resuming checks every field of the state, that each file this process
 needs is present, recorded, unchanged and loadable, and that accelerate really restored the RNG
@@ -43,6 +44,7 @@ STATE_FILE = "trainer_state.json"
 EMA_FILE = "ema.safetensors"
 MODEL_FILE = "model.safetensors"
 SCALER_FILE = "scaler.pt"
+CALLBACKS_FILE = "callbacks.json"
 RNG_PREFIX = "random_states_"
 _CHUNK = 1 << 22  # bytes hashed at a time
 # what a full disk raises: OSError (open, write), RuntimeError (torch.save: "[enforce fail at
@@ -201,6 +203,25 @@ def verify_files(folder: str | os.PathLike, names: list[str], state: TrainerStat
             )
 
 
+def read_callbacks(folder: str | os.PathLike) -> list[dict[str, Any]] | None:
+    """The callback states of a checkpoint (``callbacks.json``, sha256 checked), or None if it has none.
+
+    Example: ``read_callbacks("output/train/exp/last")``
+    """
+    folder = _real(folder)
+    if not (folder / CALLBACKS_FILE).exists():
+        return None
+    verify_files(folder, [CALLBACKS_FILE])
+    path = folder / CALLBACKS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(path)!r} is damaged: {e}") from e
+    if not isinstance(data, list) or not all(isinstance(d, dict) and "state" in d for d in data):
+        raise ValueError(f"{str(path)!r} is damaged or foreign: not a list of {{name, state}} objects")
+    return data
+
+
 def _real(folder: str | os.PathLike) -> Path:
     """``last``/``best`` as the checkpoint they point at: errors name it, and every file is read
     from that one checkpoint even if the link moves meanwhile."""
@@ -288,8 +309,12 @@ class Checkpoints:
         that checkpoint is damaged: a warning says so)."""
         return self._best()[0]
 
-    def save(self, state: TrainerState, ema: nn.Module | None = None) -> bool:
+    def save(
+        self, state: TrainerState, ema: nn.Module | None = None, callbacks: list[dict[str, Any]] | None = None
+    ) -> bool:
         """Write ``checkpoint-<epoch>``, move ``last`` (and ``best`` if the metric improved); prune.
+
+        ``callbacks``: the main process's callback states (JSON data), written as ``callbacks.json``.
 
         Called on every process (accelerate writes each process's RNG state). Returns True when
         this checkpoint became ``best``. A write that fails (full disk, I/O error) removes the
@@ -317,7 +342,7 @@ class Checkpoints:
             message = _first_error(error)  # also the barrier: every process's files are written
             if message is None and acc.is_main_process:
                 try:
-                    self._finish(state, tmp, name, ema, improved, best_ok)
+                    self._finish(state, tmp, name, ema, improved, best_ok, callbacks)
                 except _WRITE_ERRORS as e:
                     error = e
             message = message or _first_error(error)
@@ -346,11 +371,20 @@ class Checkpoints:
         return improved
 
     def _finish(
-        self, state: TrainerState, tmp: Path, name: str, ema: nn.Module | None, improved: bool, best_ok: bool
+        self,
+        state: TrainerState,
+        tmp: Path,
+        name: str,
+        ema: nn.Module | None,
+        improved: bool,
+        best_ok: bool,
+        callbacks: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Main process: EMA, hashes and state into ``tmp``, rename it into place, move the links."""
+        """Main process: EMA, callbacks, hashes and state into ``tmp``, rename it into place, move the links."""
         if ema is not None:
             save_weights(ema, tmp / EMA_FILE, parametrized=True)
+        if callbacks is not None:
+            write_text_atomic(tmp / CALLBACKS_FILE, json.dumps(callbacks, indent=1))
         files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         _write_json(tmp / STATE_FILE, asdict(replace(state, files=files)))  # last: marks it complete
         final = self.folder / name

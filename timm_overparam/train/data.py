@@ -18,7 +18,8 @@ from PIL import Image
 from timm.data import create_dataset, create_transform, resolve_data_config
 from torch.utils.data import DataLoader, Dataset
 
-DIGITS = "sklearn/digits"
+from timm_overparam.train.config import DIGITS
+
 _FOLDER = ("", "folder")
 _PREFIXES = ("torch/", "hfds/", "hfids/", "tfds/", "wds/")
 
@@ -120,12 +121,13 @@ def describe(dataset: Dataset) -> DataInfo:
 
 
 def data_config(model: torch.nn.Module, args: Any, in_chans: int) -> dict[str, Any]:
-    """timm's data config for ``model`` and the CLI args, for ``in_chans`` channels.
+    """timm's data config for ``model`` and the run config ``args``, for ``in_chans`` channels.
 
     A mean/std of another length (e.g. ImageNet's 3 values for a 1-channel model) becomes their
     average repeated per channel.
     """
-    config = resolve_data_config(vars(args), model=model)
+    values = args.to_dict() if hasattr(args, "to_dict") else dict(vars(args))
+    config = resolve_data_config(values, model=model)
     config["input_size"] = (in_chans, *config["input_size"][1:])
     for key in ("mean", "std"):
         if len(config[key]) != in_chans:

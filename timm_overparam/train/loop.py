@@ -1,15 +1,16 @@
 """The job behind train.py: an accelerate loop with timm's optimizer, scheduler and EMA.
 
-Evaluation every epoch works on copies of the unwrapped model: op models in collapsed form (with a
-check that collapsed and expanded logits agree), subspace models at the chosen points and
-ensembles, each point with recalibrated BatchNorm statistics. The experiment folder gets
-``args.yaml``, ``summary.csv``, ``results.json``, checkpoints (``last``, ``best``, history) and the
-stock-timm export (``collapsed.safetensors`` or ``point-<p>.safetensors``).
+``train(TrainConfig(...))`` runs it. The loop reads top to bottom like accelerate's examples; what
+differs between op, subspace and plain models (the loss, the evaluation every epoch, the exports)
+is the family strategy's (``train/families.py``), and research instruments attach as callbacks
+(``train/callbacks.py``). Evaluation works on copies of the unwrapped model. The experiment folder
+gets ``args.yaml`` (the config, readable by ``TrainConfig.from_yaml``), ``summary.csv``,
+``results.json``, checkpoints (``last``, ``best``, history) and the stock-timm export
+(``collapsed.safetensors`` or ``point-<p>.safetensors``).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -17,14 +18,12 @@ import math
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
-import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import broadcast_object_list, set_seed
 from filelock import FileLock, Timeout
@@ -32,21 +31,19 @@ from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, update_summary
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
-from timm_overparam.core.weights import load_weights, save_weights
-from timm_overparam.eval.points import Metrics, evaluate_model, evaluate_points
-from timm_overparam.expand.convert import collapse, is_expanded
-from timm_overparam.subspace.parametrization import (
-    SubspaceConfig,
-    _coefficients,
-    extract_point,
-    sampled_loss,
-    subspace_regularizer,
+from timm_overparam.core.weights import load_weights
+from timm_overparam.train.callbacks import CallbackList
+from timm_overparam.train.checkpoint import (
+    Checkpoints,
+    TrainerState,
+    read_callbacks,
+    read_state,
+    write_text_atomic,
 )
-from timm_overparam.train.checkpoint import Checkpoints, TrainerState, read_state, write_text_atomic
-from timm_overparam.train.cli import mixed_precision, parse_ensembles, parse_points
+from timm_overparam.train.config import TrainConfig, load_callback, mixed_precision
 from timm_overparam.train.data import (
     DIGITS,
     DataInfo,
@@ -56,23 +53,20 @@ from timm_overparam.train.data import (
     open_dataset,
     transforms,
 )
+from timm_overparam.train.families import (  # noqa: F401  (family helpers, importable from here as before)
+    PlainFamily,
+    check_points,
+    default_points,
+    family,
+    family_of,
+    point_name,
+)
 
 DECREASING = ("loss", "ece")  # metrics where lower is better
 DIGITS_SIZE = 32  # the 8x8 digits are upsampled to this unless --img-size says otherwise
 
 
-def family(model: nn.Module) -> str:
-    """``'op'`` (expanded tensors), ``'subspace'`` or ``'plain'``.
-
-    >>> family(nn.Linear(2, 2))
-    'plain'
-    """
-    if isinstance(getattr(model, "subspace_config", None), SubspaceConfig):
-        return "subspace"
-    return "op" if any(is_expanded(m) for m in model.modules()) else "plain"
-
-
-def create_model(args: argparse.Namespace, info: DataInfo) -> nn.Module:
+def create_model(args: Any, info: DataInfo) -> nn.Module:
     """``timm.create_model`` from the CLI args (classes and channels default to the dataset's).
 
     Example: ``create_model(args, DataInfo(num_classes=10, in_chans=1))``
@@ -126,14 +120,7 @@ def check_pretrained_file(model: nn.Module, path: str) -> None:
 
     Example: ``check_pretrained_file(timm.create_model("resnet18"), "resnet18.safetensors")``
     """
-    kind = family(model)
-    stock = (
-        collapse(model)
-        if kind == "op"
-        else extract_point(model, default_points(model)[0])
-        if kind == "subspace"
-        else model
-    )
+    stock = family_of(model, TrainConfig()).stock(model)
     classifier = stock.pretrained_cfg.get("classifier") or ()
     heads = {classifier} if isinstance(classifier, str) else set(classifier)
     found = set(timm.models.load_state_dict(path))
@@ -142,59 +129,7 @@ def check_pretrained_file(model: nn.Module, path: str) -> None:
         raise KeyError(f"{len(missing)} tensors of the model are missing, e.g. {missing[:4]}")
 
 
-def default_points(model: nn.Module) -> list[Any]:
-    """Lines and curves: 0, 0.5, 1. Simplexes: every vertex and the centre."""
-    config: SubspaceConfig = model.subspace_config
-    if config.shape != "simplex":
-        return [0.0, 0.5, 1.0]
-    eye = torch.eye(config.n).tolist()
-    return [tuple(v) for v in eye] + [tuple([1.0 / config.n] * config.n)]
-
-
-def check_points(config: SubspaceConfig, points: list[Any], ensembles: list[list[Any]]) -> None:
-    """Every point lies on the subspace, and every ensemble member is one of the evaluated points.
-
-    >>> check_points(SubspaceConfig("line"), [0.0, 1.0], [[0.0, 1.0]])
-    >>> check_points(SubspaceConfig("line"), [0.0, 1.5], [])
-    Traceback (most recent call last):
-    ...
-    ValueError: --eval-points: point 1.5 is outside [0, 1]
-    """
-    for p in points:
-        try:
-            _coefficients(config.shape, config.n, p)
-        except ValueError as e:
-            raise ValueError(f"--eval-points: {e}") from None
-    names = {point_name(p) for p in points}
-    for e in ensembles:
-        missing = [point_name(p) for p in e if point_name(p) not in names]
-        if missing:
-            raise ValueError(
-                f"--eval-ensembles: member(s) {missing} of {'+'.join(map(point_name, e))} are not evaluated "
-                f"points {sorted(names)}: add them to --eval-points"
-            )
-
-
-def point_name(point: Any) -> str:
-    """A point as text for metric keys and file names: ``0.5``, ``0.2_0.3_0.5``.
-
-    >>> point_name(0.5), point_name((0.2, 0.8))
-    ('0.5', '0.2_0.8')
-    """
-    return (
-        "_".join(f"{float(t):g}" for t in point) if isinstance(point, (tuple, list)) else f"{float(point):g}"
-    )
-
-
-def _flat(metrics: Metrics, prefix: str = "") -> dict[str, float]:
-    return {f"{prefix}{k}": v for k, v in asdict(metrics).items()}
-
-
-def _rel_err(a: Tensor, b: Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-
-
-def open_data(args: argparse.Namespace) -> tuple[Any, Any, DataInfo]:
+def open_data(args: Any) -> tuple[Any, Any, DataInfo]:
     """Train and validation datasets (without transforms yet) and their classes/channels."""
     train_set = open_dataset(
         args.dataset, args.data_dir, args.train_split, download=args.dataset_download, train=True
@@ -206,7 +141,7 @@ def open_data(args: argparse.Namespace) -> tuple[Any, Any, DataInfo]:
 
 
 def set_transforms(
-    args: argparse.Namespace, model: nn.Module, train_set: Any, val_set: Any, augment: bool = True
+    args: Any, model: nn.Module, train_set: Any, val_set: Any, augment: bool = True
 ) -> dict[str, Any]:
     """Give both datasets timm's transforms for ``model`` (the train set's without augmentation
     unless ``augment``); returns the data config used."""
@@ -223,110 +158,110 @@ def set_transforms(
 class Trainer:
     """One training run (see the module docstring); ``run()`` does it all.
 
-    Example: ``Trainer(parse_args(train_parser(), ["--epochs", "1"])).run()``
+    What callbacks see as ``run``: ``config``, ``acc`` (the Accelerator), ``unwrapped`` (the model),
+    ``optimizer``, ``family``, ``epoch``, ``step`` (optimizer updates done), ``folder``,
+    ``is_main_process`` and ``log(metrics)``.
+
+    Example: ``Trainer(TrainConfig(model="resnet18_op3", epochs=1)).run()``
     """
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+    def __init__(self, config: TrainConfig) -> None:
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"Trainer takes a TrainConfig, got a {type(config).__name__}")
+        cfg = self.config = config.replace()  # a checked copy: the run may fill in defaults (img_size)
+        self.callbacks = CallbackList([load_callback(c) if isinstance(c, str) else c for c in cfg.callbacks])
         self.acc = Accelerator(
-            mixed_precision=mixed_precision(args),
-            gradient_accumulation_steps=args.grad_accum_steps,
-            log_with="wandb" if args.log_wandb else None,
+            mixed_precision=mixed_precision(cfg),
+            gradient_accumulation_steps=cfg.grad_accum_steps,
+            log_with="wandb" if cfg.log_wandb else None,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
             step_scheduler_with_optimizer=False,
         )
-        set_seed(args.seed)
-        self.points = parse_points(args.eval_points)
-        self.ensembles = parse_ensembles(args.eval_ensembles)
-        for flag in ("num_samples", "grad_accum_steps", "epochs", "bn_recal_batches", "checkpoint_hist"):
-            if getattr(args, flag) < 1:
-                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-        train_set, val_set, info = open_data(args)
-        num_classes = args.num_classes or info.num_classes
+        set_seed(cfg.seed)
+        train_set, val_set, info = open_data(cfg)
+        num_classes = cfg.num_classes or info.num_classes
         if num_classes < 2:
             raise ValueError(
                 f"the training data has {num_classes} class: classification needs at least 2 "
                 f"(check --data-dir and --train-split, or pass --num-classes)"
             )
-        model = create_model(args, info)
-        if args.initial_checkpoint:
-            load_weights(model, args.initial_checkpoint)
-        self.kind = family(model)
-        if self.kind != "subspace" and (self.points or self.ensembles or args.num_samples > 1):
-            raise ValueError(
-                f"--eval-points/--eval-ensembles/--num-samples need a subspace model, not {args.model!r}"
-            )
-        if self.kind == "subspace":
-            self.points = self.points or default_points(model)
-            check_points(model.subspace_config, self.points, self.ensembles)
-        self.config = set_transforms(args, model, train_set, val_set)
+        model = create_model(cfg, info)
+        if cfg.initial_checkpoint:
+            load_weights(model, cfg.initial_checkpoint)
+        self.family = family_of(model, cfg)
+        self.data_config = set_transforms(cfg, model, train_set, val_set)
         self.train_set = train_set
-        eval_batch = args.validation_batch_size or args.batch_size
+        eval_batch = cfg.validation_batch_size or cfg.batch_size
         train_loader = loader(
-            train_set, args.batch_size, shuffle=True, workers=args.workers, seed=args.seed, drop_last=True
+            train_set, cfg.batch_size, shuffle=True, workers=cfg.workers, seed=cfg.seed, drop_last=True
         )
-        val_loader = loader(val_set, eval_batch, shuffle=False, workers=args.workers, seed=args.seed)
+        val_loader = loader(val_set, eval_batch, shuffle=False, workers=cfg.workers, seed=cfg.seed)
         if len(train_loader) == 0:
             raise ValueError(
                 f"the training set has {len(train_set)} samples, fewer than one batch "
-                f"(-b {args.batch_size}); lower -b"
+                f"(-b {cfg.batch_size}); lower -b"
             )
-        opt_kwargs = {k: v for k, v in (("eps", args.opt_eps), ("betas", args.opt_betas)) if v is not None}
+        opt_kwargs = {k: v for k, v in (("eps", cfg.opt_eps), ("betas", cfg.opt_betas)) if v is not None}
         optimizer = create_optimizer_v2(
-            model, args.opt, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum, **opt_kwargs
+            model, cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, **opt_kwargs
         )
         self.model, self.optimizer, self.train_loader, self.val_loader = self.acc.prepare(
             model, optimizer, train_loader, val_loader
         )
         self.scheduler, self.epochs = create_scheduler_v2(
             optimizer,
-            sched=args.sched,
-            num_epochs=args.epochs,
-            decay_epochs=args.decay_epochs,
-            decay_rate=args.decay_rate,
-            cooldown_epochs=args.cooldown_epochs,
-            min_lr=args.min_lr,
-            warmup_lr=args.warmup_lr,
-            warmup_epochs=args.warmup_epochs,
-            step_on_epochs=not args.sched_on_updates,
-            updates_per_epoch=math.ceil(len(self.train_loader) / args.grad_accum_steps),
+            sched=cfg.sched,
+            num_epochs=cfg.epochs,
+            decay_epochs=cfg.decay_epochs,
+            decay_rate=cfg.decay_rate,
+            cooldown_epochs=cfg.cooldown_epochs,
+            min_lr=cfg.min_lr,
+            warmup_lr=cfg.warmup_lr,
+            warmup_epochs=cfg.warmup_epochs,
+            step_on_epochs=not cfg.sched_on_updates,
+            updates_per_epoch=math.ceil(len(self.train_loader) / cfg.grad_accum_steps),
         )
-        self.ema = ModelEmaV3(self.unwrapped, decay=args.model_ema_decay) if args.model_ema else None
-        self.criterion = (
-            LabelSmoothingCrossEntropy(args.smoothing) if args.smoothing else nn.CrossEntropyLoss()
-        )
+        self.ema = ModelEmaV3(self.unwrapped, decay=cfg.model_ema_decay) if cfg.model_ema else None
+        self.criterion = LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing else nn.CrossEntropyLoss()
         names = self.metric_names()
-        if args.eval_metric not in names:
-            raise ValueError(f"--eval-metric {args.eval_metric!r} is not one of {names}")
-        self.start_epoch, self.step = 0, 0
-        self.points_result: Any = None  # the latest evaluate_points result of the training model
-        decreasing = args.eval_metric.split("_")[-1] in DECREASING
-        if args.resume:
-            state = Checkpoints(self.acc, Path(args.resume).parent, decreasing, args.checkpoint_hist).load(
-                args.resume, self.model, args.model, self.ema.module if self.ema else None
+        if cfg.eval_metric not in names:
+            raise ValueError(f"--eval-metric {cfg.eval_metric!r} is not one of {names}")
+        self.start_epoch, self.step, self.epoch = 0, 0, 0
+        self.detail: Any = None  # what the family's export needs of the latest evaluation
+        decreasing = cfg.eval_metric.split("_")[-1] in DECREASING
+        if cfg.resume:
+            state = Checkpoints(self.acc, Path(cfg.resume).parent, decreasing, cfg.checkpoint_hist).load(
+                cfg.resume, self.model, cfg.model, self.ema.module if self.ema else None
             )
+            self.callbacks.load(read_callbacks(cfg.resume), repr(str(cfg.resume)))
             self.start_epoch, self.step = state.epoch, state.step
             if self.start_epoch:
                 self.scheduler.step(self.start_epoch)
         self.folder, self.lock = self._claim_folder()  # last: nothing below can fail
-        self.checkpoints = Checkpoints(self.acc, self.folder, decreasing, args.checkpoint_hist)
+        self.checkpoints = Checkpoints(self.acc, self.folder, decreasing, cfg.checkpoint_hist)
+
+    @property
+    def args(self) -> TrainConfig:
+        """The run's config (its former name)."""
+        return self.config
+
+    @property
+    def kind(self) -> str:
+        """The family's name: ``'op'``, ``'subspace'`` or ``'plain'``."""
+        return self.family.name
 
     @property
     def unwrapped(self) -> nn.Module:
         return self.acc.unwrap_model(self.model)
 
+    @property
+    def is_main_process(self) -> bool:
+        return self.acc.is_main_process
+
     def metric_names(self) -> list[str]:
         """The metrics every evaluation of this run reports (the choices of ``--eval-metric``)."""
-        base = [f.name for f in fields(Metrics)]
-        names = list(base)
-        if self.kind == "op":
-            names.append("collapse_rel_err")
-        if self.kind == "subspace":
-            names += [f"point{point_name(p)}_{k}" for p in self.points for k in base]
-            names += [f"ens{'+'.join(point_name(p) for p in e)}_{k}" for e in self.ensembles for k in base]
-        if self.ema is not None:
-            names += [f"ema_{n}" for n in names]
-        return names
+        names = self.family.metric_names()
+        return names + [f"ema_{n}" for n in names] if self.ema is not None else names
 
     def _claim_folder(self) -> tuple[Path, FileLock | None]:
         """The experiment folder, created (main process) and locked for this run.
@@ -336,7 +271,7 @@ class Trainer:
         its own. The lock (``.lock``, released by the OS if the process dies) keeps two live runs out
         of one folder. Every process gets the main process's folder, or its error.
         """
-        args = self.args
+        args = self.config
         own = Path(args.resume).resolve().parent if args.resume else None
         answer: list[Any] = [None, None]
         lock = None
@@ -363,7 +298,7 @@ class Trainer:
         return Path(answer[0]), lock
 
     def _create_folder(self, own: Path | None) -> Path:
-        args = self.args
+        args = self.config
         if own is not None and not args.experiment:
             return own
         output = Path(args.output)
@@ -384,7 +319,7 @@ class Trainer:
                     f"--experiment, or {fix}"
                 )
             return folder
-        stem = f"{datetime.now():%Y%m%d-%H%M%S}-{args.model}-{self.config['input_size'][-1]}"
+        stem = f"{datetime.now():%Y%m%d-%H%M%S}-{args.model}-{self.data_config['input_size'][-1]}"
         output.mkdir(parents=True, exist_ok=True)
         for i in range(1, 1000):
             folder = output / (stem if i == 1 else f"{stem}-{i}")
@@ -398,8 +333,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------ training
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the training data; returns the mean loss over every process."""
-        args, acc, model = self.args, self.acc, self.model
+        cfg, acc, model = self.config, self.acc, self.model
         model.train()
+        self.epoch = epoch
         self.train_loader.set_epoch(epoch)
         total, count = torch.zeros((), device=acc.device), 0
         bar = tqdm(
@@ -407,22 +343,16 @@ class Trainer:
         )
         for i, (x, y) in enumerate(bar):
             with acc.accumulate(model):
-                if self.kind == "subspace":
-                    loss = sampled_loss(model, self.criterion, x, y, args.num_samples)
-                    if args.subspace_beta:
-                        loss = loss + args.subspace_beta * subspace_regularizer(self.unwrapped)
-                else:
-                    loss = self.criterion(model(x), y)
-                finite = acc.gather(torch.isfinite(loss.detach()).reshape(1)).all()
-                if not finite:
+                loss = self.family.loss(self, model, x, y)
+                if not acc.gather(torch.isfinite(loss.detach()).reshape(1)).all():
                     raise FloatingPointError(
                         f"the loss is {loss.item()} at epoch {epoch}, batch {i}: training stopped; "
-                        f"{self._kept()} (lower --lr or set --clip-grad)"
+                        f"{self.kept()} (lower --lr or set --clip-grad)"
                     )
                 acc.backward(loss)
-                if args.clip_grad and acc.sync_gradients:
-                    acc.clip_grad_norm_(model.parameters(), args.clip_grad)
-                self.optimizer.step()
+                if cfg.clip_grad and acc.sync_gradients:
+                    acc.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                self.optimizer.step()  # callbacks' step hooks fire here, on real updates only
                 self.optimizer.zero_grad(set_to_none=True)
             if acc.sync_gradients:
                 self.step += 1
@@ -431,7 +361,7 @@ class Trainer:
                     self.ema.update(self.unwrapped, step=self.step)
             total += loss.detach() * len(x)
             count += len(x)
-            if i % args.log_interval == 0:
+            if i % cfg.log_interval == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
         loss_sum = acc.reduce(torch.stack([total, torch.tensor(float(count), device=acc.device)]), "sum")
         return {"loss": (loss_sum[0] / loss_sum[1]).item()}
@@ -440,59 +370,25 @@ class Trainer:
     def bn_loader(self, epoch: int) -> Iterable:
         """Training batches for BatchNorm recalibration: the same on every process and after a resume."""
         return loader(
-            self.train_set, self.args.batch_size, shuffle=True, workers=0, seed=self.args.seed + epoch
+            self.train_set, self.config.batch_size, shuffle=True, workers=0, seed=self.config.seed + epoch
         )
 
     def evaluate(self, model: nn.Module, epoch: int) -> tuple[dict[str, float], Any]:
-        """Metrics of ``model`` (unwrapped; never changed): collapsed, at points, or as it is."""
-        gather = self.acc.gather_for_metrics
-        if self.kind == "op":
-            plain = collapse(model)
-            metrics = _flat(evaluate_model(plain, self.val_loader, gather))
-            metrics["collapse_rel_err"] = self.check_collapse(model, plain, epoch)
-            return metrics, None
-        if self.kind == "subspace":
-            res = evaluate_points(
-                model,
-                self.val_loader,
-                self.points,
-                self.ensembles,
-                bn_loader=self.bn_loader(epoch),
-                bn_batches=self.args.bn_recal_batches,
-                average=self.args.ensemble_average,
-                gather=gather,
-            )
-            metrics = {
-                k: sum(getattr(m, k) for m in res.metrics) / len(res.metrics) for k in asdict(res.metrics[0])
-            }
-            for p, m in zip(res.points, res.metrics, strict=True):
-                metrics |= _flat(m, f"point{point_name(p)}_")
-            for e, m in zip(res.ensembles, res.ensemble_metrics, strict=True):
-                metrics |= _flat(m, f"ens{'+'.join(point_name(p) for p in e)}_")
-            self.points_result = res
-            return metrics, res
-        return _flat(evaluate_model(model, self.val_loader, gather)), None
+        """Metrics of ``model`` (unwrapped; never changed) as its family evaluates it."""
+        return self.family.evaluate(self, model, epoch)
 
-    @torch.no_grad()
-    def check_collapse(self, expanded: nn.Module, plain: nn.Module, epoch: int) -> float:
-        """Relative error between expanded and collapsed eval logits on the first validation batch."""
-        x, _ = next(iter(self.val_loader))
-        modes = {m: m.training for m in expanded.modules()}
-        expanded.eval()
-        try:
-            err = _rel_err(expanded(x).float(), plain.eval()(x).float())
-        finally:
-            for m, training in modes.items():
-                m.training = training
-        limit = 1e-4 if self.acc.mixed_precision == "no" else 5e-2
-        if not math.isfinite(err):
+    def evaluate_all(self, epoch: int) -> dict[str, float]:
+        """The training model's metrics (and the EMA's, as ``ema_*``); a non-finite one stops the run."""
+        metrics, self.detail = self.evaluate(self.unwrapped, epoch)
+        if self.ema is not None:
+            metrics |= {f"ema_{k}": v for k, v in self.evaluate(self.ema.module, epoch)[0].items()}
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if bad:
             raise FloatingPointError(
-                f"the evaluation after epoch {epoch} is not finite (the model's outputs): the training diverged; "
-                f"{self._kept()} (lower --lr or set --clip-grad)"
+                f"the evaluation after epoch {epoch} is not finite ({bad[0]} = {metrics[bad[0]]}): the "
+                f"training diverged; {self.kept()} (lower --lr or set --clip-grad)"
             )
-        if not err <= limit:
-            raise RuntimeError(f"collapsed and expanded logits differ by {err:.3g} (relative; limit {limit})")
-        return err
+        return metrics
 
     # ------------------------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
@@ -503,68 +399,92 @@ class Trainer:
         try:
             return self._run()
         finally:
+            self.callbacks.detach()
             if self.lock is not None:
                 self.lock.release()
 
     def _run(self) -> dict[str, Any]:
-        args, acc = self.args, self.acc
+        cfg, acc = self.config, self.acc
         if acc.is_main_process:
-            write_text_atomic(self.folder / "args.yaml", yaml.safe_dump(vars(args), sort_keys=False))
+            write_text_atomic(self.folder / "args.yaml", cfg.to_yaml())
             self._truncate_summary()
-        if args.log_wandb:
+        if cfg.log_wandb:
             acc.init_trackers(
-                args.wandb_project or "timm_overparam",
-                config=vars(args),
+                cfg.wandb_project or "timm_overparam",
+                config=cfg.to_dict(),
                 init_kwargs={
-                    "wandb": {"name": self.folder.name, "tags": args.wandb_tags, "dir": str(self.folder)}
+                    "wandb": {"name": self.folder.name, "tags": cfg.wandb_tags, "dir": str(self.folder)}
                 },
             )
-        self.log(f"{args.model} ({self.kind}): {self.folder}")
+        self.say(f"{cfg.model} ({self.family.name}): {self.folder}")
+        self.callbacks.attach(self.optimizer.optimizer, self)  # torch's optimizer inside accelerate's
+        self.callbacks.call("on_run_start", self)
         if self.start_epoch >= self.epochs:  # every epoch done before: the end of the run again
             metrics = self.evaluate_all(self.epochs - 1)
         for epoch in range(self.start_epoch, self.epochs):
             start = time.perf_counter()
             train = self.train_epoch(epoch)
             metrics = self.evaluate_all(epoch)
-            self.scheduler.step(epoch + 1, metrics[args.eval_metric])
+            self.scheduler.step(epoch + 1, metrics[cfg.eval_metric])
             lr = self.optimizer.param_groups[0]["lr"]
             if acc.is_main_process:  # before the checkpoint: a resume drops rows of unsaved epochs
                 summary = self.folder / "summary.csv"
                 update_summary(epoch, train, metrics, summary, lr=lr, write_header=not summary.exists())
-            state = TrainerState(
-                args.model, epoch + 1, self.step, metrics[args.eval_metric], args.eval_metric
-            )
-            state.model_kwargs = dict(args.model_kwargs or {})
-            self.checkpoints.save(state, self.ema.module if self.ema else None)
+            self.callbacks.call("on_epoch_end", self, epoch, metrics)
+            state = TrainerState(cfg.model, epoch + 1, self.step, metrics[cfg.eval_metric], cfg.eval_metric)
+            state.model_kwargs = dict(cfg.model_kwargs)
+            self.checkpoints.save(state, self.ema.module if self.ema else None, self.callbacks.state())
             acc.log(
                 {"train_loss": train["loss"], "lr": lr, **{f"eval_{k}": v for k, v in metrics.items()}},
                 step=epoch,
             )
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "_" not in k)
-            self.log(
+            self.say(
                 f"epoch {epoch}: train loss {train['loss']:.4f}, {shown} ({time.perf_counter() - start:.1f} s)"
             )
         best = read_state(self.folder / "best")
         results = self.finish(metrics, best.epoch - 1, best.metric)
+        self.callbacks.call("on_run_end", self, results)
         acc.end_training()
         return results
 
-    def evaluate_all(self, epoch: int) -> dict[str, float]:
-        """The training model's metrics (and the EMA's, as ``ema_*``); a non-finite one stops the run."""
-        metrics, _ = self.evaluate(self.unwrapped, epoch)
-        if self.ema is not None:
-            points_result = self.points_result
-            metrics |= {f"ema_{k}": v for k, v in self.evaluate(self.ema.module, epoch)[0].items()}
-            self.points_result = points_result
-        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
-        if bad:
-            raise FloatingPointError(
-                f"the evaluation after epoch {epoch} is not finite ({bad[0]} = {metrics[bad[0]]}): the "
-                f"training diverged; {self._kept()} (lower --lr or set --clip-grad)"
-            )
-        return metrics
+    def finish(
+        self, metrics: dict[str, float], best_epoch: int | None, best_metric: float | None
+    ) -> dict[str, Any]:
+        """The family's exports and ``results.json``; returns the results record."""
+        model = self.unwrapped
+        results: dict[str, Any] = {
+            "model": self.config.model,
+            "family": self.family.name,
+            "epochs": self.epochs,
+            "eval_metric": self.config.eval_metric,
+            "best_metric": best_metric,
+            "best_epoch": best_epoch,
+            "final": metrics,
+            "param_count": sum(p.numel() for p in model.parameters()),
+        }
+        results |= self.family.export(self, model, metrics, self.detail)
+        results["exports"] = [str(p) for p in results["exports"]]
+        if self.acc.is_main_process:
+            write_text_atomic(self.folder / "results.json", json.dumps(results, indent=2))
+        self.acc.wait_for_everyone()
+        return results
 
-    def _kept(self) -> str:
+    # ------------------------------------------------------------------------------- messages
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Log ``metrics`` to the run's trackers (wandb) from the main process, at ``step`` (default:
+        the current epoch, the step of the epoch metrics). Without trackers it does nothing.
+
+        Example: ``run.log({"weight_norm": 12.5})``
+        """
+        self.acc.log(metrics, step=self.epoch if step is None else step)
+
+    def say(self, text: str) -> None:
+        """Print ``text`` on the main process."""
+        if self.acc.is_main_process:
+            print(text, flush=True)
+
+    def kept(self) -> str:
         """What a stopped run leaves: the last checkpoint, or none."""
         last = self.folder / "last"
         if last.is_symlink():
@@ -588,56 +508,10 @@ class Trainer:
         writer.writerows(kept)
         write_text_atomic(summary, text.getvalue())
 
-    def finish(
-        self, metrics: dict[str, float], best_epoch: int | None, best_metric: float | None
-    ) -> dict[str, Any]:
-        """Exports and ``results.json``; for op models also the expanded model's accuracy."""
-        model = self.unwrapped
-        results: dict[str, Any] = {
-            "model": self.args.model,
-            "family": self.kind,
-            "epochs": self.epochs,
-            "eval_metric": self.args.eval_metric,
-            "best_metric": best_metric,
-            "best_epoch": best_epoch,
-            "final": metrics,
-            "param_count": sum(p.numel() for p in model.parameters()),
-        }
-        exports = []
-        if self.kind == "op":
-            plain = collapse(model)
-            expanded = _flat(evaluate_model(model, self.val_loader, self.acc.gather_for_metrics))
-            results |= {
-                "expanded": expanded,
-                "param_count_collapsed": sum(p.numel() for p in plain.parameters()),
-            }
-            if self.acc.is_main_process:
-                exports.append(save_weights(plain, self.folder / "collapsed.safetensors"))
-            self.log(
-                f"top-1: expanded {100 * expanded['top1']:.2f}%, collapsed {100 * metrics['top1']:.2f}%; "
-                f"parameters: expanded {results['param_count']:,}, collapsed {results['param_count_collapsed']:,}"
-            )
-        elif self.kind == "subspace":
-            res = self.points_result
-            for i, p in enumerate(self.points):
-                plain = extract_point(model, p, res.bn_stats[i] if res.bn_stats else None)  # as evaluated
-                if self.acc.is_main_process:
-                    exports.append(save_weights(plain, self.folder / f"point-{point_name(p)}.safetensors"))
-            results["param_count_point"] = sum(p.numel() for p in plain.parameters())
-        results["exports"] = [str(p) for p in exports]
-        if self.acc.is_main_process:
-            write_text_atomic(self.folder / "results.json", json.dumps(results, indent=2))
-        self.acc.wait_for_everyone()
-        return results
 
-    def log(self, text: str) -> None:
-        if self.acc.is_main_process:
-            print(text, flush=True)
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run train.py's job for ``config``; returns the results record (also in ``results.json``).
 
-
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Run train.py's job for parsed ``args``; returns the results record (also in ``results.json``).
-
-    Example: ``train(parse_args(train_parser(), ["--model", "resnet18_op3", "--epochs", "2"]))``
+    Example: ``train(TrainConfig(model="resnet18_op3", epochs=2))``
     """
-    return Trainer(args).run()
+    return Trainer(config).run()

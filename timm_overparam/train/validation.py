@@ -7,7 +7,6 @@ img_size, crop_pct, interpolation``; accuracies in percent, parameter counts in 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -25,16 +24,10 @@ from timm_overparam.eval.points import Metrics, evaluate_model, evaluate_points
 from timm_overparam.expand.convert import collapse
 from timm_overparam.subspace.parametrization import extract_point
 from timm_overparam.train.checkpoint import EMA_FILE, MODEL_FILE, read_state, verify_files, write_text_atomic
-from timm_overparam.train.cli import mixed_precision, parse_ensembles, parse_points
+from timm_overparam.train.config import ValidateConfig, mixed_precision, parse_ensembles, parse_points
 from timm_overparam.train.data import loader
-from timm_overparam.train.loop import (
-    check_points,
-    create_model,
-    default_points,
-    family,
-    open_data,
-    set_transforms,
-)
+from timm_overparam.train.families import check_points, default_points, family
+from timm_overparam.train.loop import create_model, open_data, set_transforms
 
 
 def _record(metrics: Metrics) -> dict[str, float]:
@@ -49,7 +42,7 @@ def _record(metrics: Metrics) -> dict[str, float]:
     }
 
 
-def _weights_file(args: argparse.Namespace) -> Path | None:
+def _weights_file(args: ValidateConfig) -> Path | None:
     if not args.checkpoint:
         return None
     path = Path(args.checkpoint)
@@ -69,15 +62,16 @@ def _weights_file(args: argparse.Namespace) -> Path | None:
     return path
 
 
-def validate(args: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate ``args.model`` with ``args.checkpoint``; returns timm-style record(s) and writes the results file.
+def validate(config: ValidateConfig) -> dict[str, Any]:
+    """Evaluate ``config.model`` with ``config.checkpoint``; returns timm-style record(s) and writes the results file.
 
-    Example: ``validate(parse_args(validate_parser(), ["--model", "resnet18", "--checkpoint", "c.safetensors"]))``
+    Example: ``validate(ValidateConfig(model="resnet18", checkpoint="c.safetensors"))``
     """
+    if not isinstance(config, ValidateConfig):
+        raise TypeError(f"validate takes a ValidateConfig, got a {type(config).__name__}")
+    args = config.replace()  # a checked copy: the data defaults (img_size) are filled in below
     if args.results_file:
         check_writable(args.results_file)  # before the evaluation, not after it
-    if args.bn_recal_batches < 1:
-        raise ValueError(f"--bn-recal-batches must be >= 1, got {args.bn_recal_batches}")
     acc = Accelerator(mixed_precision=mixed_precision(args))
     set_seed(args.seed)
     train_set, val_set, info = open_data(args)

@@ -1,0 +1,605 @@
+"""The typed run configs behind train.py and validate.py: one object for the CLI, YAML files and Python.
+
+``TrainConfig`` (train.py) and ``ValidateConfig`` (validate.py) carry every flag. Their values
+live in small dataclass groups (``data``, ``eval``, ``family``, ``optim``, ``schedule``,
+``augment``, ``logging``) next to a few top-level fields (``model``, ``seed``, ``amp``...), but
+every key is also a flat keyword and attribute, named like its flag with underscores::
+
+    cfg = TrainConfig(model="resnet18_op3", epochs=3, batch_size=64)   # cfg.data.batch_size == 64
+    cfg = TrainConfig.from_yaml("configs/cifar10_resnet18_op3.yaml", epochs=5)
+    cfg.to_yaml("run.yaml"); TrainConfig.from_yaml("run.yaml") == cfg   # what args.yaml holds
+
+A config checks itself when it is built (and on ``check()``): an unknown key, a value of the wrong
+type, a choice not offered, a non-finite number or a count below 1 is a ``ConfigError`` naming
+the key, the value and the valid choices. The command line (``train/cli.py``) builds its flags
+from these fields; nothing here imports argparse.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar
+
+import yaml
+
+DIGITS = "sklearn/digits"  # the embedded dataset (see train/data.py)
+PlainPoint = float | tuple[float, ...]
+
+
+class ConfigError(ValueError):
+    """A bad key or value of a run config; the message names the key, the value and the fix."""
+
+
+def option(
+    default: Any = None,
+    help: str = "",
+    *,
+    kind: str | None = None,
+    flags: tuple[str, ...] = (),
+    choices: tuple[Any, ...] | None = None,
+    nargs: int | str | None = None,
+    minimum: int | None = None,
+    negatable: bool = False,
+    metavar: str | None = None,
+) -> Any:
+    """A config field with what its flag needs: ``kind`` (int, float, str, bool, kwargs,
+    callbacks; default: the default's type), ``nargs`` for lists, ``choices``, ``minimum``.
+
+    Example: ``epochs: int = option(10, "epochs to train", minimum=1)``
+    """
+    if kind is None:
+        kind = {bool: "bool", int: "int", float: "float", str: "str"}[type(default)]
+    meta = dict(
+        help=help,
+        kind=kind,
+        flags=flags,
+        choices=choices,
+        nargs=nargs,
+        minimum=minimum,
+        negatable=negatable,
+        metavar=metavar,
+    )
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ------------------------------------------------------------------------------------- values
+def parse_points(text: str | None) -> list[PlainPoint]:
+    """``"0,0.5,1"`` -> ``[0.0, 0.5, 1.0]``; simplex points as colon-separated coordinates.
+
+    >>> parse_points("0,0.5,1"), parse_points("0.2:0.8")
+    ([0.0, 0.5, 1.0], [(0.2, 0.8)])
+    """
+    if not text:
+        return []
+    points: list[PlainPoint] = []
+    for item in text.split(","):
+        try:
+            parts = [float(t) for t in item.split(":")]
+        except ValueError:
+            raise ValueError(
+                f"bad point {item!r}: use a number in [0, 1] or coordinates like 0.2:0.3:0.5"
+            ) from None
+        points.append(parts[0] if len(parts) == 1 else tuple(parts))
+    return points
+
+
+def parse_ensembles(text: str | None) -> list[list[PlainPoint]]:
+    """``"0+1,0+0.5+1"`` -> ``[[0.0, 1.0], [0.0, 0.5, 1.0]]`` (members joined by ``+``).
+
+    >>> parse_ensembles("0+1")
+    [[0.0, 1.0]]
+    """
+    if not text:
+        return []
+    return [parse_points(group.replace("+", ",")) for group in text.split(",")]
+
+
+def mixed_precision(config: Any) -> str:
+    """accelerate's ``mixed_precision`` for ``amp``/``amp_dtype``.
+
+    >>> mixed_precision(TrainConfig(amp=True, amp_dtype="bfloat16"))
+    'bf16'
+    """
+    return {"float16": "fp16", "bfloat16": "bf16"}[config.amp_dtype] if config.amp else "no"
+
+
+_CALLBACK_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_HOOKS = ("on_run_start", "on_before_step", "on_after_step", "on_epoch_end", "on_run_end")
+
+
+def load_callback(name: str) -> Any:
+    """An instance of the callback class ``module:Class`` (built without arguments).
+
+    >>> type(load_callback("timm_overparam.train.callbacks:NormRecorder")).__name__
+    'NormRecorder'
+    """
+    module, _, attr = name.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(
+            f"callbacks: cannot import {name!r} ({e}): give an importable module:Class"
+        ) from None
+    return obj()
+
+
+def callback_name(callback: Any) -> str:
+    """The ``module:Class`` name of a callback (as given, or of its class).
+
+    >>> callback_name("mod:Cls"), callback_name(NotImplemented)
+    ('mod:Cls', 'builtins:NotImplementedType')
+    """
+    if isinstance(callback, str):
+        return callback
+    return f"{type(callback).__module__}:{type(callback).__qualname__}"
+
+
+def check_value(key: str, value: Any, meta: dict[str, Any], where: str, default: Any = None) -> Any:
+    """``value`` for the field ``key`` checked (type, list length, choices, finite, minimum) and
+    normalised (ints as floats, tuples as lists); errors begin with ``where``.
+
+    >>> check_value("lr", 1, dict(kind="float", nargs=None, choices=None, minimum=None), "lr")
+    1.0
+    """
+    kind, nargs = meta["kind"], meta["nargs"]
+    if value is None and (default is None or kind == "callbacks"):
+        return [] if kind == "callbacks" else None
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if kind == "kwargs":
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where} must be a mapping of keyword names to values, got {value!r}")
+        return dict(value)
+    if kind == "callbacks":
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                if not _CALLBACK_NAME.fullmatch(item):
+                    raise ConfigError(f"{where}: {item!r} is not module:Class (e.g. mylab.probes:WeightPath)")
+                load_callback(item)  # an import error now, not after the data is loaded
+            elif not any(callable(getattr(item, h, None)) for h in _HOOKS):
+                raise ConfigError(
+                    f"{where}[{i}]: {item!r} is not a callback (an object with on_* methods, see "
+                    f"timm_overparam.train.callbacks.Callback, or a 'module:Class' name)"
+                )
+        return items
+    many = nargs not in (None, "?")
+    if many and not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where} must be a list, got {value!r}")
+    items = list(value) if many else [value]
+    if isinstance(nargs, int) and len(items) != nargs:
+        raise ConfigError(f"{where} must be a list of {nargs} values, got {value!r}")
+    checked = []
+    for item in items:
+        if kind == "int" and (isinstance(item, bool) or not isinstance(item, int)):
+            raise ConfigError(f"{where} must be an integer, got {item!r}")
+        if kind == "float":
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                raise ConfigError(f"{where} must be a number, got {item!r}")
+            item = float(item)
+            if not math.isfinite(item):
+                raise ConfigError(f"{where} must be a finite number, got {item!r}")
+        if kind == "str" and not isinstance(item, str):
+            raise ConfigError(f"{where} must be text, got {item!r}")
+        if meta["choices"] is not None and item not in meta["choices"]:
+            raise ConfigError(f"{where} must be one of {list(meta['choices'])}, got {item!r}")
+        if meta["minimum"] is not None and item < meta["minimum"]:
+            raise ConfigError(f"{where} must be >= {meta['minimum']}, got {item!r}")
+        checked.append(item)
+    return checked if many else checked[0]
+
+
+def flag_name(key: str) -> str:
+    """The command-line flag of a config key.
+
+    >>> flag_name("batch_size")
+    '--batch-size'
+    """
+    return f"--{key.replace('_', '-')}"
+
+
+# -------------------------------------------------------------------------------------- groups
+@dataclass
+class DataConfig:
+    """Dataset, input size and loaders (train.py and validate.py)."""
+
+    data_dir: str | None = option(None, "path to the dataset", kind="str")
+    dataset: str | None = option(
+        None,
+        f"{DIGITS!r} (embedded, the default without a data dir), '' or 'folder' for an image folder "
+        "(the default with one), or a timm name: torch/cifar10, torch/mnist, hfds/<id>, ...",
+        kind="str",
+    )
+    train_split: str = option("train", "training split")
+    val_split: str = option("validation", "validation split")
+    dataset_download: bool = option(False, "download torch/ datasets if missing")
+    num_classes: int | None = option(None, "classes (default: the dataset's)", kind="int", minimum=1)
+    in_chans: int | None = option(None, "image channels (default: the dataset's)", kind="int", minimum=1)
+    img_size: int | None = option(None, "input image size (default: the model's)", kind="int", minimum=1)
+    input_size: list[int] | None = option(  # noqa: RUF009
+        None, "C H W, overrides", kind="int", nargs=3, metavar="N", minimum=1
+    )
+    crop_pct: float | None = option(None, "eval center crop fraction", kind="float")
+    mean: list[float] | None = option(None, "pixel mean", kind="float", nargs="+", metavar="MEAN")  # noqa: RUF009
+    std: list[float] | None = option(None, "pixel std", kind="float", nargs="+", metavar="STD")  # noqa: RUF009
+    interpolation: str = option("", "resize interpolation (default: the model's)")
+    batch_size: int = option(64, "batch size per process", flags=("-b", "--batch-size"), minimum=1)
+    validation_batch_size: int | None = option(
+        None, "eval batch size", kind="int", flags=("-vb", "--validation-batch-size"), minimum=1
+    )
+    workers: int = option(0, "data loading processes per process", flags=("-j", "--workers"), minimum=0)
+
+
+@dataclass
+class EvalConfig:
+    """Which subspace points and ensembles are evaluated, and their BatchNorm recalibration."""
+
+    eval_points: str | None = option(
+        None, "subspace points to evaluate: 0,0.5,1 (simplex: 1:0:0,0.5:0.5:0)", kind="str"
+    )
+    eval_ensembles: str | None = option(None, "ensembles of evaluated points: 0+1,0+0.5+1", kind="str")
+    ensemble_average: str = option("logits", "what ensembles average", choices=("logits", "probs"))
+    bn_recal_batches: int = option(50, "training batches to recalibrate BatchNorm per point", minimum=1)
+
+
+@dataclass
+class FamilyConfig:
+    """Training options of the subspace family (line, curve, simplex models)."""
+
+    subspace_beta: float = option(1.0, "weight of subspace_regularizer")
+    layerwise: bool = option(False, "sample one point per module")
+    num_samples: int = option(1, "points per batch (batch split in chunks)", minimum=1)
+
+
+@dataclass
+class OptimConfig:
+    """timm's ``create_optimizer_v2`` and gradient clipping."""
+
+    opt: str = option("sgd", "optimizer name")
+    opt_eps: float | None = option(None, "optimizer epsilon", kind="float")
+    opt_betas: list[float] | None = option(None, "optimizer betas", kind="float", nargs="+")  # noqa: RUF009
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(2e-5, "weight decay")
+    clip_grad: float | None = option(None, "clip gradient norm at this value", kind="float")
+    lr: float = option(0.05, "learning rate")
+
+
+@dataclass
+class ScheduleConfig:
+    """timm's ``create_scheduler_v2``."""
+
+    sched: str = option("cosine", "cosine, step, multistep, plateau, tanh, poly")
+    epochs: int = option(10, "epochs to train", minimum=1)
+    warmup_epochs: int = option(1, "linear warm-up epochs", minimum=0)
+    warmup_lr: float = option(1e-5, "warm-up start learning rate")
+    min_lr: float = option(0.0, "lower bound of cyclic schedules")
+    decay_epochs: float = option(90.0, "epoch interval of step decay")
+    decay_rate: float = option(0.1, "step decay factor")
+    cooldown_epochs: int = option(0, "epochs at min-lr after the schedule", minimum=0)
+    sched_on_updates: bool = option(
+        True,
+        "step the schedule every optimizer update (warm-up included) rather than every epoch",
+        negatable=True,
+    )
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation (timm's ``create_transform``; the embedded digits get none) and the loss."""
+
+    no_aug: bool = option(False, "no training augmentation")
+    scale: list[float] = option([0.08, 1.0], "random-resized-crop scale", kind="float", nargs=2)  # noqa: RUF009
+    ratio: list[float] = option([3 / 4, 4 / 3], "crop aspect ratio", kind="float", nargs=2)  # noqa: RUF009
+    hflip: float = option(0.5, "horizontal flip probability")
+    vflip: float = option(0.0, "vertical flip probability")
+    color_jitter: float = option(0.4, "color jitter factor")
+    aa: str | None = option(None, "auto-augment policy, e.g. rand-m9-mstd0.5", kind="str")
+    reprob: float = option(0.0, "random erase probability")
+    smoothing: float = option(0.1, "label smoothing")
+
+
+@dataclass
+class LoggingConfig:
+    """Where the run writes, what it prints and logs, and which metric picks ``best``."""
+
+    log_interval: int = option(50, "batches between progress updates", minimum=1)
+    checkpoint_hist: int = option(2, "best checkpoints to keep", minimum=1)
+    output: str = option("output/train", "folder of experiment folders")
+    experiment: str = option("", "experiment folder name (default: date-model-size)")
+    eval_metric: str = option("top1", "metric that picks 'best' (e.g. top1, loss)")
+    log_wandb: bool = option(False, "log to wandb through accelerate's trackers")
+    wandb_project: str | None = option(None, "wandb project (default: timm_overparam)", kind="str")
+    wandb_tags: list[str] = option([], "wandb tags", kind="str", nargs="+")  # noqa: RUF009
+
+
+GROUP_TITLES = {
+    "data": "Dataset",
+    "eval": "Subspace evaluation",
+    "family": "Subspace training",
+    "optim": "Optimizer (timm's create_optimizer_v2)",
+    "schedule": "Schedule (timm's create_scheduler_v2)",
+    "augment": "Augmentation (train split; the embedded digits get none)",
+    "logging": "Output and logging",
+}
+
+
+# ------------------------------------------------------------------------------------- configs
+_KEYS: dict[type, dict[str, tuple[str | None, Any]]] = {}
+
+
+class _Config:
+    """Flat keys over top-level fields and groups; checked construction; dict/YAML round trips."""
+
+    _groups: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **values: Any) -> None:
+        self._assign(values, lambda key: key)
+
+    # -- the keys
+    @classmethod
+    def _group_types(cls) -> dict[str, type]:
+        return {f.name: f.default_factory for f in fields(cls) if f.name in cls._groups}  # type: ignore[misc]
+
+    @classmethod
+    def keys(cls) -> dict[str, tuple[str | None, Any]]:
+        """Every flat key -> (its group or None, its dataclass field), in declaration order.
+
+        >>> list(ValidateConfig.keys())[:3]
+        ['config', 'model', 'pretrained']
+        """
+        if cls in _KEYS:
+            return _KEYS[cls]
+        out: dict[str, tuple[str | None, Any]] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name in cls._groups:
+                for g in fields(f.default_factory()):  # type: ignore[misc]
+                    out[g.name] = (f.name, g)
+            else:
+                out[f.name] = (None, f)
+        _KEYS[cls] = out
+        return out
+
+    @staticmethod
+    def _default(f: Any) -> Any:
+        return f.default_factory() if f.default_factory is not MISSING else f.default
+
+    def _items(self) -> Iterator[tuple[str, Any]]:
+        for key in self.keys():
+            yield key, getattr(self, key)
+
+    def __getattr__(self, name: str) -> Any:
+        keys = type(self).keys()
+        if name in keys and keys[name][0] is not None:
+            return getattr(object.__getattribute__(self, keys[name][0]), name)
+        raise AttributeError(f"{type(self).__name__} has no key {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        keys = type(self).keys()
+        if name in keys and keys[name][0] is not None:
+            setattr(object.__getattribute__(self, keys[name][0]), name, value)
+            return
+        if not name.startswith("_") and name not in keys and name not in self._groups:
+            raise AttributeError(f"{type(self).__name__} has no key {name!r}; valid: {sorted(keys)}")
+        object.__setattr__(self, name, value)
+
+    # -- building and checking
+    def _assign(self, values: dict[str, Any], where: Callable[[str], str]) -> None:
+        cls, keys = type(self), type(self).keys()
+        for name, group in cls._group_types().items():
+            given = values.get(name)
+            if given is not None and not isinstance(given, group):
+                raise ConfigError(f"{name} must be a {group.__name__}, got {given!r}")
+            object.__setattr__(self, name, group() if given is None else given)
+        for key, (group, f) in keys.items():
+            if group is None:
+                object.__setattr__(self, key, self._default(f))
+        unknown = sorted(set(values) - set(keys) - set(cls._groups))
+        if unknown:
+            raise ConfigError(
+                f"{cls.__name__} has no key(s) {unknown} (keys are the flag names with underscores); "
+                f"valid: {sorted(keys)}"
+            )
+        for key, value in values.items():
+            if key not in cls._groups:
+                setattr(self, key, value)
+        self.check(where)
+
+    def check(self, where: Callable[[str], str] = lambda key: key) -> None:
+        """Check and normalise every value (errors name the key as ``where(key)`` gives it).
+
+        >>> TrainConfig(epochs=0)
+        Traceback (most recent call last):
+        ...
+        timm_overparam.train.config.ConfigError: epochs must be >= 1, got 0
+        """
+        for key, (_, f) in type(self).keys().items():
+            setattr(self, key, check_value(key, getattr(self, key), dict(f.metadata), where(key), f.default))
+        if "dataset" in type(self).keys() and self.dataset is None:
+            self.dataset = "" if self.data_dir else DIGITS
+        for key, parse in (("eval_points", parse_points), ("eval_ensembles", parse_ensembles)):
+            try:
+                parse(getattr(self, key))
+            except ValueError as e:
+                raise ConfigError(f"{where(key)}: {e}") from None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: Callable[[str], str] = lambda key: key) -> Any:
+        """A config from flat keys (or group objects), checked; errors name keys as ``where`` gives them.
+
+        >>> TrainConfig.from_dict({"lr": 1}).optim.lr
+        1.0
+        """
+        config = cls.__new__(cls)
+        config._assign(dict(values), where)
+        return config
+
+    @classmethod
+    def read_yaml(cls, path: str, where: Callable[[str], str] | None = None) -> dict[str, Any]:
+        """The checked values of a YAML file of flat keys (errors name the file and the key).
+
+        Example: ``TrainConfig.read_yaml("configs/cifar10_resnet18_op3.yaml")["model"]``
+        """
+        try:
+            with open(path) as f:
+                values = yaml.safe_load(f)
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path!r}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
+        values = {} if values is None else values
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"config {path!r} must be a mapping of flag names to values (key: value lines), "
+                f"got a {type(values).__name__}"
+            )
+        keys = cls.keys()
+        unknown = sorted(set(values) - set(keys))
+        if unknown:
+            raise ConfigError(f"config {path!r} has unknown keys {unknown}; valid: {sorted(keys)}")
+        name = where or (lambda key: f"config {path!r}: {key}")
+        return {
+            k: check_value(k, v, dict(keys[k][1].metadata), name(k), keys[k][1].default)
+            for k, v in values.items()
+        }
+
+    @classmethod
+    def from_yaml(cls, path: str, **overrides: Any) -> Any:
+        """A config from a YAML file of flat keys (a ``-c`` file or a run's ``args.yaml``), then ``overrides``.
+
+        Example: ``TrainConfig.from_yaml("configs/cifar10_resnet18_op3.yaml", epochs=5)``
+        """
+        values = cls.read_yaml(str(path))
+        values.setdefault("config", str(path))  # an args.yaml keeps the file its run started from
+        return cls.from_dict({**values, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every key -> value, flat, as plain YAML/JSON types (callbacks by ``module:Class`` name).
+
+        >>> TrainConfig().to_dict()["batch_size"]
+        64
+        """
+        out = {}
+        for key, value in self._items():
+            if key == "callbacks":
+                value = [callback_name(c) for c in value]
+            elif isinstance(value, (list, dict)):
+                value = type(value)(value)
+            out[key] = value
+        return out
+
+    def to_yaml(self, path: str | None = None) -> str:
+        """The config as YAML (what ``from_yaml`` and ``-c`` read); written to ``path`` if given.
+
+        Example: ``TrainConfig(epochs=2).to_yaml("run.yaml")``
+        """
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text)
+        return text
+
+    def replace(self, **changes: Any) -> Any:
+        """A checked copy with ``changes`` (flat keys); groups are copied, callback objects shared.
+
+        >>> TrainConfig(epochs=2).replace(lr=0.1).epochs
+        2
+        """
+        values = {k: v for k, v in self._items()}
+        values = {k: (type(v)(v) if isinstance(v, (list, dict)) else v) for k, v in values.items()}
+        return type(self).from_dict({**values, **changes})
+
+
+@dataclass(init=False, eq=True, repr=True)
+class TrainConfig(_Config):
+    """Every train.py option (see the module docstring); ``train(TrainConfig(...))`` runs it.
+
+    >>> cfg = TrainConfig(model="resnet18_op3", epochs=3, batch_size=32)
+    >>> cfg.epochs, cfg.schedule.epochs, cfg.data.batch_size
+    (3, 3, 32)
+    """
+
+    _groups: ClassVar[tuple[str, ...]] = ("data", "eval", "family", "optim", "schedule", "augment", "logging")
+
+    config: str = option("", "YAML file of flag defaults", flags=("-c", "--config"), metavar="FILE")
+    model: str = option("resnet18_op3", "timm name, e.g. resnet18_op3, resnet18_line")
+    pretrained: bool = option(False, "start from the base model's weights")
+    pretrained_path: str | None = option(
+        None, "with --pretrained: a local file of the base model's weights instead of the hub's", kind="str"
+    )
+    model_kwargs: dict[str, Any] = option({}, "create_model kwargs, k=v ...", kind="kwargs")  # noqa: RUF009
+    initial_checkpoint: str = option("", "load these weights (safetensors) first")
+    resume: str = option("", "resume from a checkpoint folder (output/train/<exp>/last)")
+    drop: float | None = option(None, "dropout rate", kind="float")
+    drop_path: float | None = option(None, "drop path rate", kind="float")
+    grad_accum_steps: int = option(1, "micro-batches per optimizer step", minimum=1)
+    model_ema: bool = option(False, "keep an EMA of the weights (timm ModelEmaV3)")
+    model_ema_decay: float = option(0.998, "EMA decay")
+    seed: int = option(42, "random seed")
+    amp: bool = option(False, "mixed precision (accelerate)")
+    amp_dtype: str = option("float16", "amp dtype", choices=("float16", "bfloat16"))
+    callbacks: list[Any] = option(  # noqa: RUF009
+        [],
+        "a callback class to attach, module:Class (repeatable; see timm_overparam.train.callbacks)",
+        kind="callbacks",
+        flags=("--callback",),
+        metavar="MODULE:CLASS",
+    )
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    family: FamilyConfig = field(default_factory=FamilyConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+@dataclass(init=False, eq=True, repr=True)
+class ValidateConfig(_Config):
+    """Every validate.py option; ``validate(ValidateConfig(...))`` runs it (data and eval groups as in training).
+
+    >>> ValidateConfig(model="resnet18", checkpoint="c.safetensors").results_format
+    'json'
+    """
+
+    _groups: ClassVar[tuple[str, ...]] = ("data", "eval")
+
+    config: str = option("", "YAML file of flag defaults", flags=("-c", "--config"), metavar="FILE")
+    model: str = option("resnet18_op3", "timm name, e.g. resnet18_op3, resnet18_line")
+    pretrained: bool = option(False, "start from the base model's weights")
+    pretrained_path: str | None = option(
+        None, "with --pretrained: a local file of the base model's weights instead of the hub's", kind="str"
+    )
+    model_kwargs: dict[str, Any] = option({}, "create_model kwargs, k=v ...", kind="kwargs")  # noqa: RUF009
+    checkpoint: str = option("", "a .safetensors file or a train.py checkpoint folder")
+    use_ema: bool = option(False, "the checkpoint folder's EMA weights")
+    reparam: bool = option(False, "timm reparameterize_model (collapses op)")
+    results_file: str = option("", "write the results record here")
+    results_format: str = option("json", "results format", choices=("json", "csv"))
+    seed: int = option(42, "seed of the BatchNorm recalibration order")
+    amp: bool = option(False, "mixed precision (accelerate)")
+    amp_dtype: str = option("float16", "amp dtype", choices=("float16", "bfloat16"))
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _check_unique(cls: type[_Config]) -> None:
+    seen: dict[str, str] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        names = [g.name for g in fields(f.default_factory())] if f.name in cls._groups else [f.name]  # type: ignore[misc]
+        for name in names:
+            assert name not in seen, f"{cls.__name__}: key {name!r} in {seen[name]} and {f.name}"
+            seen[name] = f.name
+
+
+_check_unique(TrainConfig)
+_check_unique(ValidateConfig)

@@ -1,0 +1,266 @@
+"""Model families as strategies: each owns its training loss, per-epoch evaluation and final export.
+
+- ``OpFamily`` (expanded tensors): evaluated in collapsed form on a copy, with a check that the
+  collapsed and expanded logits agree; exports ``collapsed.safetensors`` (stock timm);
+- ``SubspaceFamily`` (line, curve, simplex): the loss at sampled points plus the regulariser;
+  evaluated at the chosen points and ensembles, each point with recalibrated BatchNorm statistics;
+  exports ``point-<p>.safetensors`` with each point's statistics;
+- ``PlainFamily``: any other timm model, evaluated and kept as it is.
+
+The training loop (``train/loop.py``) calls ``loss``, ``evaluate`` and ``export`` and never asks
+which family it runs. A family reads from the run (``run.val_loader``, ``run.acc``,
+``run.criterion``, ``run.bn_loader(epoch)``) and never changes the model it evaluates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from timm_overparam.core.weights import save_weights
+from timm_overparam.eval.points import Metrics, evaluate_model, evaluate_points
+from timm_overparam.expand.convert import collapse, is_expanded
+from timm_overparam.subspace.parametrization import (
+    SubspaceConfig,
+    _coefficients,
+    extract_point,
+    sampled_loss,
+    subspace_regularizer,
+)
+from timm_overparam.train.config import parse_ensembles, parse_points
+
+METRICS = [f.name for f in fields(Metrics)]  # what every evaluation reports
+
+
+def point_name(point: Any) -> str:
+    """A point as text for metric keys and file names: ``0.5``, ``0.2_0.3_0.5``.
+
+    >>> point_name(0.5), point_name((0.2, 0.8))
+    ('0.5', '0.2_0.8')
+    """
+    return (
+        "_".join(f"{float(t):g}" for t in point) if isinstance(point, (tuple, list)) else f"{float(point):g}"
+    )
+
+
+def default_points(model: nn.Module) -> list[Any]:
+    """Lines and curves: 0, 0.5, 1. Simplexes: every vertex and the centre."""
+    config: SubspaceConfig = model.subspace_config
+    if config.shape != "simplex":
+        return [0.0, 0.5, 1.0]
+    eye = torch.eye(config.n).tolist()
+    return [tuple(v) for v in eye] + [tuple([1.0 / config.n] * config.n)]
+
+
+def check_points(config: SubspaceConfig, points: list[Any], ensembles: list[list[Any]]) -> None:
+    """Every point lies on the subspace, and every ensemble member is one of the evaluated points.
+
+    >>> check_points(SubspaceConfig("line"), [0.0, 1.0], [[0.0, 1.0]])
+    >>> check_points(SubspaceConfig("line"), [0.0, 1.5], [])
+    Traceback (most recent call last):
+    ...
+    ValueError: --eval-points: point 1.5 is outside [0, 1]
+    """
+    for p in points:
+        try:
+            _coefficients(config.shape, config.n, p)
+        except ValueError as e:
+            raise ValueError(f"--eval-points: {e}") from None
+    names = {point_name(p) for p in points}
+    for e in ensembles:
+        missing = [point_name(p) for p in e if point_name(p) not in names]
+        if missing:
+            raise ValueError(
+                f"--eval-ensembles: member(s) {missing} of {'+'.join(map(point_name, e))} are not evaluated "
+                f"points {sorted(names)}: add them to --eval-points"
+            )
+
+
+def flat(metrics: Metrics, prefix: str = "") -> dict[str, float]:
+    """Metrics as a flat dict with ``prefix`` on every key."""
+    return {f"{prefix}{k}": v for k, v in asdict(metrics).items()}
+
+
+def _rel_err(a: Tensor, b: Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+class PlainFamily:
+    """A model trained, evaluated and kept as it is (the base of the other families).
+
+    Example: ``PlainFamily(config, model).loss(run, model, x, y)``
+    """
+
+    name = "plain"
+
+    def __init__(self, config: Any, model: nn.Module) -> None:
+        self.config = config
+        if parse_points(config.eval_points) or config.eval_ensembles or getattr(config, "num_samples", 1) > 1:
+            raise ValueError(
+                f"--eval-points/--eval-ensembles/--num-samples need a subspace model, not {config.model!r}"
+            )
+
+    @staticmethod
+    def matches(model: nn.Module) -> bool:
+        return True
+
+    def stock(self, model: nn.Module) -> nn.Module:
+        """The model in stock-timm form (a copy for op and subspace models)."""
+        return model
+
+    def metric_names(self) -> list[str]:
+        """The metrics ``evaluate`` reports."""
+        return list(METRICS)
+
+    def loss(self, run: Any, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """The training loss of a batch (``model`` is the prepared, possibly wrapped, model)."""
+        return run.criterion(model(x), y)
+
+    def evaluate(self, run: Any, model: nn.Module, epoch: int) -> tuple[dict[str, float], Any]:
+        """Metrics of ``model`` (unwrapped; never changed) and what ``export`` needs of them."""
+        return flat(evaluate_model(model, run.val_loader, run.acc.gather_for_metrics)), None
+
+    def export(self, run: Any, model: nn.Module, metrics: dict[str, float], detail: Any) -> dict[str, Any]:
+        """Write the stock-timm exports (main process); returns the extra results fields (``exports``)."""
+        return {"exports": []}
+
+
+class OpFamily(PlainFamily):
+    """Over-parameterized (expanded) models: evaluated and exported collapsed."""
+
+    name = "op"
+
+    @staticmethod
+    def matches(model: nn.Module) -> bool:
+        return any(is_expanded(m) for m in model.modules())
+
+    def stock(self, model: nn.Module) -> nn.Module:
+        return collapse(model)
+
+    def metric_names(self) -> list[str]:
+        return [*METRICS, "collapse_rel_err"]
+
+    def evaluate(self, run: Any, model: nn.Module, epoch: int) -> tuple[dict[str, float], Any]:
+        plain = collapse(model)
+        metrics = flat(evaluate_model(plain, run.val_loader, run.acc.gather_for_metrics))
+        metrics["collapse_rel_err"] = self.check_collapse(run, model, plain, epoch)
+        return metrics, None
+
+    @torch.no_grad()
+    def check_collapse(self, run: Any, expanded: nn.Module, plain: nn.Module, epoch: int) -> float:
+        """Relative error between expanded and collapsed eval logits on the first validation batch."""
+        x, _ = next(iter(run.val_loader))
+        modes = {m: m.training for m in expanded.modules()}
+        expanded.eval()
+        try:
+            err = _rel_err(expanded(x).float(), plain.eval()(x).float())
+        finally:
+            for m, training in modes.items():
+                m.training = training
+        limit = 1e-4 if run.acc.mixed_precision == "no" else 5e-2
+        if not math.isfinite(err):
+            raise FloatingPointError(
+                f"the evaluation after epoch {epoch} is not finite (the model's outputs): the training diverged; "
+                f"{run.kept()} (lower --lr or set --clip-grad)"
+            )
+        if not err <= limit:
+            raise RuntimeError(f"collapsed and expanded logits differ by {err:.3g} (relative; limit {limit})")
+        return err
+
+    def export(self, run: Any, model: nn.Module, metrics: dict[str, float], detail: Any) -> dict[str, Any]:
+        plain = collapse(model)
+        expanded = flat(evaluate_model(model, run.val_loader, run.acc.gather_for_metrics))
+        results: dict[str, Any] = {
+            "expanded": expanded,
+            "param_count_collapsed": sum(p.numel() for p in plain.parameters()),
+        }
+        exports = []
+        if run.acc.is_main_process:
+            exports.append(save_weights(plain, run.folder / "collapsed.safetensors"))
+        count = sum(p.numel() for p in model.parameters())
+        run.say(
+            f"top-1: expanded {100 * expanded['top1']:.2f}%, collapsed {100 * metrics['top1']:.2f}%; "
+            f"parameters: expanded {count:,}, collapsed {results['param_count_collapsed']:,}"
+        )
+        return results | {"exports": exports}
+
+
+class SubspaceFamily(PlainFamily):
+    """Line, curve and simplex models: sampled-point loss; evaluated and exported at points."""
+
+    name = "subspace"
+
+    def __init__(self, config: Any, model: nn.Module) -> None:
+        self.config = config
+        self.points = parse_points(config.eval_points) or default_points(model)
+        self.ensembles = parse_ensembles(config.eval_ensembles)
+        check_points(model.subspace_config, self.points, self.ensembles)
+
+    @staticmethod
+    def matches(model: nn.Module) -> bool:
+        return isinstance(getattr(model, "subspace_config", None), SubspaceConfig)
+
+    def stock(self, model: nn.Module) -> nn.Module:
+        return extract_point(model, self.points[0])
+
+    def metric_names(self) -> list[str]:
+        names = list(METRICS)
+        names += [f"point{point_name(p)}_{k}" for p in self.points for k in METRICS]
+        names += [f"ens{'+'.join(point_name(p) for p in e)}_{k}" for e in self.ensembles for k in METRICS]
+        return names
+
+    def loss(self, run: Any, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        loss = sampled_loss(model, run.criterion, x, y, self.config.num_samples)
+        if self.config.subspace_beta:
+            loss = loss + self.config.subspace_beta * subspace_regularizer(run.unwrapped)
+        return loss
+
+    def evaluate(self, run: Any, model: nn.Module, epoch: int) -> tuple[dict[str, float], Any]:
+        res = evaluate_points(
+            model,
+            run.val_loader,
+            self.points,
+            self.ensembles,
+            bn_loader=run.bn_loader(epoch),
+            bn_batches=self.config.bn_recal_batches,
+            average=self.config.ensemble_average,
+            gather=run.acc.gather_for_metrics,
+        )
+        metrics = {k: sum(getattr(m, k) for m in res.metrics) / len(res.metrics) for k in METRICS}
+        for p, m in zip(res.points, res.metrics, strict=True):
+            metrics |= flat(m, f"point{point_name(p)}_")
+        for e, m in zip(res.ensembles, res.ensemble_metrics, strict=True):
+            metrics |= flat(m, f"ens{'+'.join(point_name(p) for p in e)}_")
+        return metrics, res
+
+    def export(self, run: Any, model: nn.Module, metrics: dict[str, float], detail: Any) -> dict[str, Any]:
+        exports = []
+        for i, p in enumerate(self.points):
+            plain = extract_point(model, p, detail.bn_stats[i] if detail.bn_stats else None)  # as evaluated
+            if run.acc.is_main_process:
+                exports.append(save_weights(plain, run.folder / f"point-{point_name(p)}.safetensors"))
+        return {"param_count_point": sum(p.numel() for p in plain.parameters()), "exports": exports}
+
+
+FAMILIES: list[type[PlainFamily]] = [SubspaceFamily, OpFamily, PlainFamily]
+
+
+def family_of(model: nn.Module, config: Any) -> PlainFamily:
+    """The family strategy of ``model`` for the run ``config`` (its points and options checked).
+
+    Example: ``family_of(timm.create_model("resnet18_op3"), TrainConfig()).name == "op"``
+    """
+    return next(f for f in FAMILIES if f.matches(model))(config, model)
+
+
+def family(model: nn.Module) -> str:
+    """``'op'`` (expanded tensors), ``'subspace'`` or ``'plain'``.
+
+    >>> family(nn.Linear(2, 2))
+    'plain'
+    """
+    return next(f for f in FAMILIES if f.matches(model)).name

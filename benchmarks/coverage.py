@@ -33,6 +33,7 @@ import argparse
 import csv
 import fnmatch
 import gc
+import io
 import os
 import random
 import resource
@@ -267,12 +268,13 @@ def forget_failures(out: Path, cases: set[tuple[str, str]]) -> int:
     """Drop the failed rows of ``cases`` from ``out`` (rewritten atomically) so that they run again."""
     rows = read_rows(out)
     keep = [r for r in rows if not (r["status"] == "fail" and (r["arch"], r["family"]) in cases)]
-    tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(keep)
-    os.replace(tmp, out)
+    from timm_overparam.core.atomic import write_text_atomic
+
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(keep)
+    write_text_atomic(out, text.getvalue())
     return len(rows) - len(keep)
 
 
@@ -346,9 +348,9 @@ def write_report(rows: list[dict[str, str]], out: Path, path: Path) -> None:
     text = f"{BEGIN}\n{report(rows, out)}{END}\n"
     if path.exists() and BEGIN in (old := path.read_text()) and END in old:
         text = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END) + 1 :]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from timm_overparam.core.atomic import write_text_atomic
+
+    write_text_atomic(path, text)
 
 
 def report(rows: list[dict[str, str]], out: Path) -> str:

@@ -148,6 +148,58 @@ def test_architectures_registered_later_can_be_added():
     assert "lazy module not initialised" in model.overparam_report.skipped["2"]
 
 
+def tiny_late_net(pretrained: bool = False, **kwargs) -> nn.Module:
+    """A user architecture registered with timm after the import, derived by one call."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+
+
+def tiny_decorated_net(pretrained: bool = False, **kwargs) -> nn.Module:
+    """A user architecture registered with the plugin's register_model decorator."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+
+
+EVERY_SUFFIX = ["op2", "op3", "op4", "line", "curve", "simplex"]
+
+
+def test_one_call_gives_models_registered_after_import_every_familys_names():
+    timm.models.register_model(tiny_late_net)
+    assert not timm.is_model("tiny_late_net_op2")  # timm has no hook: nothing happens by itself
+    new = timm_overparam.register_new_models()
+    assert new == [f"tiny_late_net_{s}" for s in EVERY_SUFFIX]
+    assert timm_overparam.register_new_models() == []
+    assert timm_overparam.register_architecture("tiny_late_net") == new  # both families, a no-op now
+    model = timm.create_model("tiny_late_net_line", subspace_init="copy")
+    x = torch.randn(2, 3, 8, 8)
+    assert model(x).shape == (2, 2) and model.pretrained_cfg["architecture"] == "tiny_late_net_line"
+
+    timm_overparam.registry.register_model(tiny_decorated_net)
+    assert all(timm.is_model(f"tiny_decorated_net_{s}") for s in EVERY_SUFFIX)
+    assert (
+        timm.create_model("tiny_decorated_net_op2").pretrained_cfg["architecture"] == "tiny_decorated_net_op2"
+    )
+
+
+def test_register_architecture_names_bad_input():
+    with pytest.raises(ValueError, match="'resnet18_op2' is a name this plugin derived; register its base"):
+        timm_overparam.register_architecture("resnet18_op2")
+    with pytest.raises(TypeError, match=r"family must be a timm_overparam\.registry\.Family .* got 'op'"):
+        timm_overparam.register_architecture("resnet18", "op")
+
+
+def test_a_model_registered_before_the_import_is_derived(tmp_path):
+    script = (
+        "import timm, torch\n"
+        "from timm.models import register_model\n"
+        "@register_model\n"
+        "def early_net(pretrained=False, **kwargs):\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))\n"
+        "import timm_overparam\n"
+        "print(sorted(timm.list_models('early_net_*')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(sorted(f"early_net_{s}" for s in EVERY_SUFFIX))
+
+
 # ------------------------------------------------------------------ derived cfgs and pretrained loads
 DERIVED_NAMES = [
     "resnet18_op3",

@@ -7,6 +7,11 @@ pretrained source that is a checkpoint of the derived model itself (``save_weigh
 parametrized=True)``) is loaded after the conversion, by timm's loader with the derived cfg.
 Derived pretrained cfgs are the base's, without hub ids, with ``first_conv``/``classifier`` naming
 the derived tensors (a converted module has no ``<name>.weight`` in the state_dict).
+
+Architectures registered with timm after ``import timm_overparam`` get their derived names from
+one call: ``register_new_models()`` (all new ones), ``register_architecture(name)`` (one), or by
+registering them with this module's ``register_model`` decorator instead of timm's. timm's
+registry has no hook for doing it automatically, and this plugin does not patch timm.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from timm.models._builder import resolve_pretrained_cfg
 from torch import nn
 
 _DERIVED: set[str] = set()  # names this plugin registered, never used as a base
+_FAMILIES: list[Family] = []  # every family registered so far (``register_family``)
+_BASES: set[str] = set()  # architectures every registered family has derived (``register_new_models``)
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,19 @@ def _slot_names(names: Any, slots: tuple[str, ...]) -> Any:
     return out[0] if isinstance(names, str) and len(out) == 1 else out
 
 
+_SLOTS: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[Any, Any]] = {}
+
+
+def _slots(family: Family, fixed: Mapping[str, Any]) -> tuple[Any, Any]:
+    """``family.slots`` for inputs only and for every tensor, once per variant (not once per base)."""
+    if family.slots is None:
+        return None, None
+    key = (family.module, tuple(sorted(fixed.items())))
+    if key not in _SLOTS:
+        _SLOTS[key] = (family.slots(fixed, True), family.slots(fixed, False))
+    return _SLOTS[key]
+
+
 def _derived_cfg(base: str, family: Family, fixed: Mapping[str, Any]) -> _registry.DefaultCfg | None:
     """The base's pretrained cfgs, stripped of everything that points at downloadable weights.
 
@@ -166,8 +186,7 @@ def _derived_cfg(base: str, family: Family, fixed: Mapping[str, Any]) -> _regist
     default = _registry._model_default_cfgs.get(base)
     if default is None:
         return None
-    inputs = family.slots(fixed, True) if family.slots else None
-    every = family.slots(fixed, False) if family.slots else None
+    inputs, every = _slots(family, fixed)
     cfgs = {}
     for tag, cfg in default.cfgs.items():
         cfgs[tag] = new = copy.copy(cfg)  # dataclasses.replace costs 10x more, and this runs ~8000 times
@@ -179,18 +198,11 @@ def _derived_cfg(base: str, family: Family, fixed: Mapping[str, Any]) -> _regist
     return _registry.DefaultCfg(tags=deque(default.tags), cfgs=cfgs)
 
 
-def register_architecture(base: str, family: Family) -> list[str]:
-    """Register the family's derived names for one base architecture; returns them.
+def _register(base: str, family: Family, new: list[str] | None = None) -> list[str]:
+    """Register one family's derived names for ``base`` (a known architecture); returns them.
 
-    Use it for architectures registered with timm after ``import timm_overparam``; names already
-    registered are left as they are.
-
-    >>> from timm_overparam.models.op import FAMILY
-    >>> register_architecture("resnet18", FAMILY)
-    ['resnet18_op2', 'resnet18_op3', 'resnet18_op4']
+    The names registered by this call (not before) are appended to ``new``.
     """
-    if not _registry.is_model(base):
-        raise ValueError(f"unknown timm architecture {base!r}; see timm.list_models() for the names")
     mod = sys.modules[family.module]
     names = []
     for suffix, fixed in family.variants.items():
@@ -203,7 +215,65 @@ def register_architecture(base: str, family: Family) -> list[str]:
             mod.default_cfgs[derived] = cfg
         _registry.register_model(_entrypoint(family, base, derived, fixed))
         _DERIVED.add(derived)
+        if new is not None:
+            new.append(derived)
     return names
+
+
+def register_architecture(base: str, family: Family | None = None) -> list[str]:
+    """Register the derived names of one base architecture (every family's, or ``family``'s); returns them.
+
+    For an architecture registered with timm after ``import timm_overparam`` (timm has no hook to
+    do it automatically); names already registered are left as they are. See also
+    ``register_new_models``.
+
+    >>> register_architecture("resnet18")
+    ['resnet18_op2', 'resnet18_op3', 'resnet18_op4', 'resnet18_line', 'resnet18_curve', 'resnet18_simplex']
+    >>> from timm_overparam.models.op import FAMILY
+    >>> register_architecture("resnet18", FAMILY)
+    ['resnet18_op2', 'resnet18_op3', 'resnet18_op4']
+    """
+    if family is not None and not isinstance(family, Family):
+        raise TypeError(
+            f"family must be a timm_overparam.registry.Family (e.g. timm_overparam.models.op.FAMILY) "
+            f"or None for every family, got {family!r}"
+        )
+    if not _registry.is_model(base):
+        raise ValueError(f"unknown timm architecture {base!r}; see timm.list_models() for the names")
+    if base in _DERIVED:
+        raise ValueError(f"{base!r} is a name this plugin derived; register its base architecture instead")
+    return [name for fam in (_FAMILIES if family is None else [family]) for name in _register(base, fam)]
+
+
+def register_new_models() -> list[str]:
+    """Give every timm architecture registered since ``import timm_overparam`` its derived names.
+
+    One call after registering your own models with ``timm.models.register_model`` (the project's
+    own model modules call it when they register theirs); returns the new derived names.
+
+    Example: ``@register_model`` on ``def my_net(pretrained=False, **kwargs)``, then
+    ``timm_overparam.register_new_models()`` makes ``my_net_op3``, ``my_net_line``, ...
+    """
+    new: list[str] = []
+    for base in timm.list_models():
+        if base not in _DERIVED and base not in _BASES:
+            for family in _FAMILIES:
+                _register(base, family, new)
+            _BASES.add(base)
+    return new
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """timm's ``register_model`` decorator that also registers the derived names of every family.
+
+    For models of this project and of its users: whatever the import order, the architecture gets
+    its ``_op*``/``_line``/... names (registered before the families, they derive it themselves).
+
+    Example: ``@timm_overparam.registry.register_model`` over ``def my_net(pretrained=False, **kwargs)``
+    """
+    fn = _registry.register_model(fn)
+    register_architecture(fn.__name__)
+    return fn
 
 
 class _Names(list):
@@ -224,6 +294,8 @@ class _Names(list):
 def register_family(family: Family) -> None:
     """Register derived entrypoints for every architecture currently in timm's registry."""
     sys.modules[family.module].__all__ = _Names()
+    _FAMILIES.append(family)
+    _BASES.clear()  # the new family has not derived the architectures registered before it
     for base in timm.list_models():
         if base not in _DERIVED:
-            register_architecture(base, family)
+            _register(base, family)

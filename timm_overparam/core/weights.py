@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -11,11 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+from timm_overparam.core.atomic import atomic_path
 
 
 def save_weights(
@@ -43,15 +38,8 @@ def save_weights(
     path.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share memory; weights of a stock model are saved one by one
     state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a weights file is not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -1,45 +1,31 @@
-"""Evaluation of subspace points and ensembles: accuracy, loss, ECE, TV distance; accuracy curves.
+"""Evaluation of subspace points and ensembles: accuracy, loss, ECE, TV distance.
 
 Every point runs once: it is set, its BatchNorm statistics recalibrated on training data, the eval
 loader forwarded, and its logits kept on the CPU. Ensembles and TV distances are computed from the
 kept logits, so each ensemble member uses its own statistics and no point is evaluated twice.
+(``Metrics``/``evaluate_model`` live in ``eval.metrics``, ``plot_points`` in ``eval.plots``; they
+are still importable from here.)
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from torchmetrics.functional.classification import multiclass_calibration_error
 
+from timm_overparam.core.modes import preserve_modes
+from timm_overparam.eval.metrics import Gather, Metrics, _logits, _metrics, evaluate_model
 from timm_overparam.subspace.bn import BNStats, current_bn_stats, load_bn_stats, recalibrate_bn
-from timm_overparam.subspace.parametrization import Point, at_point
+from timm_overparam.subspace.points import Point, at_point
+
+__all__ = ["Metrics", "PlainPoint", "SubspaceResults", "evaluate_model", "evaluate_points"]
 
 # a point as plain data: a number, barycentric coordinates, or {module name: point}
 PlainPoint = float | tuple[float, ...] | dict[str, float | tuple[float, ...]]
-ECE_BINS = 20
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """Top-1 and top-5 accuracy (fractions; top-5 is top-C with C < 5 classes), mean cross-entropy, ECE.
-
-    >>> Metrics(top1=0.5, top5=1.0, loss=1.04, ece=0.0).top1
-    0.5
-    """
-
-    top1: float
-    top5: float
-    loss: float
-    ece: float
 
 
 @dataclass(frozen=True)
@@ -99,53 +85,23 @@ def _index(points: list[PlainPoint], point: Point, what: str) -> int:
     raise ValueError(f"{what} {point!r} is not one of the evaluated points {points}")
 
 
-def _metrics(probs: Tensor, log_probs: Tensor, targets: Tensor) -> Metrics:
-    k = min(5, probs.shape[1])
-    top = probs.topk(k, dim=1).indices
-    hits = top == targets[:, None]
-    ece = multiclass_calibration_error(probs, targets, probs.shape[1], n_bins=ECE_BINS, norm="l1")
-    return Metrics(
-        top1=hits[:, 0].double().mean().item(),
-        top5=hits.any(1).double().mean().item(),
-        loss=F.nll_loss(log_probs, targets).item(),
-        ece=float(ece),
-    )
+def _plain(point: Point) -> PlainPoint:
+    """``point`` as plain Python: a float, a tuple of floats, or a dict of those."""
+    if isinstance(point, Tensor):
+        point = point.tolist()
+    if isinstance(point, Mapping):
+        return {str(name): _plain(p) for name, p in point.items()}
+    if isinstance(point, Sequence):
+        return tuple(float(t) for t in point)
+    return float(point)
 
 
-Gather = Callable[[Tensor], Tensor]
-
-
-@torch.no_grad()
-def _logits(
-    model: nn.Module, loader: Iterable, device: torch.device, gather: Gather | None
-) -> tuple[Tensor, Tensor]:
-    outputs, targets = [], []
-    for x, y, *_ in loader:
-        out, y = model(x.to(device)), y.to(device)
-        if gather is not None:  # every process's share, e.g. accelerator.gather_for_metrics
-            out, y = gather(out), gather(y)
-        outputs.append(out.float().cpu())
-        targets.append(y.cpu())
-    if not outputs:
-        raise ValueError("the eval loader yielded no batches")
-    return torch.cat(outputs), torch.cat(targets).long()
-
-
-def evaluate_model(model: nn.Module, loader: Iterable, gather: Gather | None = None) -> Metrics:
-    """Top-1/top-5, loss and ECE of ``model`` in eval mode on ``loader`` (its training flags are restored).
-
-    >>> data = [(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))]
-    >>> 0 <= evaluate_model(nn.Linear(3, 3), data).top1 <= 1
-    True
-    """
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        logits, targets = _logits(model, loader, next(model.parameters()).device, gather)
-    finally:
-        for m, training in modes.items():
-            m.training = training
-    return _metrics(logits.softmax(1), logits.log_softmax(1), targets)
+def _index(points: list[PlainPoint], point: Point, what: str) -> int:
+    plain = _plain(point)
+    for i, p in enumerate(points):
+        if p == plain:
+            return i
+    raise ValueError(f"{what} {point!r} is not one of the evaluated points {points}")
 
 
 def evaluate_points(
@@ -192,25 +148,23 @@ def evaluate_points(
         )
 
     device = next(model.parameters()).device
-    modes = {m: m.training for m in model.modules()}
     logits: list[Tensor] = []
     bn_stats: list[BNStats] = []
     targets: Tensor | None = None
     try:
-        for p in points:
-            with at_point(model, p), parametrize.cached():
-                if has_bn:
-                    bn_stats.append(recalibrate_bn(model, bn_loader, bn_batches, device))
-                model.eval()
-                out, y = _logits(model, loader, device, gather)
-            if targets is not None and not torch.equal(y, targets):
-                raise ValueError(f"the eval loader gave point {p!r} other targets: it must not shuffle")
-            logits.append(out)
-            targets = y
+        with preserve_modes(model):
+            for p in points:
+                with at_point(model, p), parametrize.cached():
+                    if has_bn:
+                        bn_stats.append(recalibrate_bn(model, bn_loader, bn_batches, device))
+                    model.eval()
+                    out, y = _logits(model, loader, device, gather)
+                if targets is not None and not torch.equal(y, targets):
+                    raise ValueError(f"the eval loader gave point {p!r} other targets: it must not shuffle")
+                logits.append(out)
+                targets = y
     finally:
         load_bn_stats(model, stats_before)
-        for m, training in modes.items():
-            m.training = training
 
     assert targets is not None  # points is not empty
 
@@ -236,32 +190,9 @@ def evaluate_points(
     )
 
 
-def plot_points(results: SubspaceResults, path: str | os.PathLike) -> str:
-    """Plot top-1 accuracy along the subspace (ensembles as horizontal lines) and save it atomically.
+def __getattr__(name: str) -> Any:
+    if name == "plot_points":  # lazily: matplotlib loads with the plots
+        from timm_overparam.eval.plots import plot_points
 
-    Example: ``plot_points(evaluate_points(m, val_loader, [0, 0.25, 0.5, 0.75, 1]), "line.png")``
-    """
-    fig = Figure(figsize=(5, 3.5), layout="constrained")
-    ax = fig.add_subplot()
-    top1 = [100 * m.top1 for m in results.metrics]
-    if all(isinstance(p, float) for p in results.points):
-        ax.plot(results.points, top1, marker="o", label="points")
-        ax.set_xlabel("point a")
-    else:  # simplex or layerwise points: one tick each
-        ax.plot(range(len(top1)), top1, marker="o", label="points")
-        ax.set_xticks(range(len(top1)), [str(p) for p in results.points], rotation=30, fontsize=6)
-        ax.set_xlabel("point")
-    for i, (members, m) in enumerate(zip(results.ensembles, results.ensemble_metrics, strict=True)):
-        ax.axhline(100 * m.top1, ls="--", color=f"C{i + 1}", label=f"ensemble {list(members)}")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.legend(fontsize=7)
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+        return plot_points
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

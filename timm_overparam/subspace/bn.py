@@ -9,11 +9,15 @@ subspace model with ``load_bn_stats``, or pass them to ``at_point``/``extract_po
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim.swa_utils import update_bn
+
+from timm_overparam.core.modes import preserve_modes
 
 BNStats = dict[str, Tensor]
 _BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -62,33 +66,34 @@ def recalibrate_bn(
 ) -> BNStats:
     """Recompute every BatchNorm's statistics at the current point; returns them (also left in the model).
 
-    Running stats reset, ``momentum=None`` (cumulative average), ``num_batches`` batches (all when
-    None) forwarded in train mode without gradients: ``torch.optim.swa_utils.update_bn``'s result.
+    ``torch.optim.swa_utils.update_bn`` on the first ``num_batches`` batches (all when None): running
+    stats reset, ``momentum=None`` (cumulative average), batches forwarded in train mode without
+    gradients. Every module's train/eval flag and every momentum are restored, also on errors.
 
     Example: ``with at_point(model, 0.5): stats = recalibrate_bn(model, train_loader, num_batches=50)``
     """
-    if num_batches is not None and (not isinstance(num_batches, int) or num_batches < 1):
+    if num_batches is not None and (
+        isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1
+    ):
         raise ValueError(f"num_batches must be an integer >= 1 or None, got {num_batches!r}")
     norms = list(_norms(model).values())
     if not norms:
         return {}
-    momenta = {bn: bn.momentum for bn in norms}
-    modes = {m: m.training for m in model.modules()}
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    try:
-        seen = 0
+    seen = 0
+
+    def batches() -> Iterator[Any]:
+        nonlocal seen
         for batch in itertools.islice(loader, num_batches):
-            x = batch[0] if isinstance(batch, (list, tuple)) else batch
-            model(x if device is None else x.to(device))
             seen += 1
-        if not seen:
-            raise ValueError("the loader yielded no batches: BatchNorm statistics cannot be recalibrated")
+            yield batch
+
+    momenta = {bn: bn.momentum for bn in norms}  # update_bn restores them only when nothing raises
+    try:
+        with preserve_modes(model):  # update_bn leaves every module in the model's own mode
+            update_bn(batches(), model, device)
     finally:
         for bn, momentum in momenta.items():
             bn.momentum = momentum
-        for m, training in modes.items():
-            m.training = training
+    if not seen:
+        raise ValueError("the loader yielded no batches: BatchNorm statistics cannot be recalibrated")
     return current_bn_stats(model)

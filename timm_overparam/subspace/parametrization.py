@@ -3,7 +3,8 @@
 ``SubspaceParam`` is a ``torch.nn.utils.parametrize`` parametrization, like ``ExpandProject``: the
 module keeps its own ``forward`` and every reader of the tensor sees ``sum_i c_i V_i``. The vertices
 ``V_i`` are the parametrization's own parameters and the coefficients ``c`` (the current point) a
-non-persistent buffer. ``subspace`` converts a model with the shared conversion walk.
+non-persistent buffer. ``subspace`` converts a model with the shared conversion walk. Points live
+in ``subspace.points``, the regulariser in ``subspace.regularizer``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ import fnmatch
 import math
 import numbers
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,14 +22,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from timm_overparam.core.unparametrize import WeightList, unparametrize
-from timm_overparam.core.walk import Selection, Target, restore_base_cfg, walk
-from timm_overparam.subspace.bn import BNStats, current_bn_stats, load_bn_stats
+from timm_overparam.core.unparametrize import WeightList
+from timm_overparam.core.walk import Selection, Target, walk
 
 Shape = Literal["line", "curve", "simplex"]
-Init = Literal["independent", "copy"]
-# a number for lines and curves, barycentric coordinates for simplexes; or one per module name
-Point = float | Sequence[float] | Mapping[str, float | Sequence[float]]
+VertexInit = Literal["independent", "copy"]  # how the extra vertices start (``subspace(init=...)``)
 
 _VERTICES = {"line": 2, "curve": 3, "simplex": 3}  # default n; lines and curves have no other
 
@@ -162,7 +159,7 @@ class SubspaceConfig:
     shape: Shape = "line"
     n: int | None = None
     layerwise: bool = False
-    init: Init = "independent"
+    init: VertexInit = "independent"
     noise: float = 0.0
     regularize: str | tuple[str, ...] = "matrices"
 
@@ -284,7 +281,7 @@ def subspace(
     n: int | None = None,
     *,
     layerwise: bool = False,
-    init: Init = "independent",
+    init: VertexInit = "independent",
     noise: float = 0.0,
     include: Sequence[str] = ("*",),
     exclude: Sequence[str] = (),
@@ -313,15 +310,27 @@ def subspace(
     return model
 
 
+def _wrapped(model: nn.Module) -> bool:
+    return isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) or isinstance(
+        getattr(model, "_orig_mod", None), nn.Module
+    )
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP / DataParallel / ``torch.compile`` wrappers (names then match the model's)."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
+    """The model inside DDP / DataParallel / ``torch.compile`` wrappers (names then match the model's).
+
+    A plain model returns at once (this runs on every ``sample_point``); a wrapped one goes through
+    accelerate's ``extract_model_from_parallel`` (DeepSpeed and FSDP too), once per layer of
+    wrapping, since accelerate unwraps a ``torch.compile`` around DDP but not one inside it.
+    """
+    while _wrapped(model):
+        from accelerate.utils import extract_model_from_parallel  # only for wrapped models: import cost
+
+        inner = extract_model_from_parallel(model, keep_torch_compile=False)
+        if inner is model:
             return model
+        model = inner
+    return model
 
 
 def _subspace_tensors(model: nn.Module) -> dict[str, list[SubspaceParam]]:
@@ -352,94 +361,6 @@ def _subspace_tensors(model: nn.Module) -> dict[str, list[SubspaceParam]]:
     return groups
 
 
-def set_point(model: nn.Module, point: Point) -> None:
-    """Move every subspace tensor to ``point``, or the named modules each to its own (``{name: point}``).
-
-    >>> set_point(subspace(nn.Linear(2, 2), init="copy"), 0.25)
-    """
-    groups = _subspace_tensors(model)
-    points = point if isinstance(point, Mapping) else dict.fromkeys(groups, point)
-    unknown = [name for name in points if name not in groups]
-    if unknown:
-        raise ValueError(f"no subspace tensors in module(s) {unknown}; modules: {list(groups)}")
-    done: dict[tuple[str, int, int], Tensor] = {}  # one validation per point object (shared: one)
-    for name, p in points.items():
-        for param in groups[name]:
-            key = (param.shape, param.n, id(p))
-            if key not in done:
-                done[key] = torch.tensor(_coefficients(param.shape, param.n, p), dtype=torch.float64)
-            param.coefficients.copy_(done[key])
-
-
-@contextmanager
-def at_point(model: nn.Module, point: Point, bn_stats: BNStats | None = None) -> Iterator[nn.Module]:
-    """Within the block the model sits at ``point`` (and uses ``bn_stats``); both are restored after.
-
-    Example: ``with at_point(model, 0.5): y = model(x)``
-    """
-    params = [p for group in _subspace_tensors(model).values() for p in group]
-    before = [p.coefficients.clone() for p in params]
-    stats_before = current_bn_stats(model) if bn_stats is not None else None
-    try:
-        set_point(model, point)
-        if bn_stats is not None:
-            load_bn_stats(model, bn_stats)
-        yield model
-    finally:
-        for p, c in zip(params, before, strict=True):
-            p.coefficients.copy_(c)
-        if stats_before is not None:
-            load_bn_stats(model, stats_before)
-
-
-def _draw(config: SubspaceConfig, generator: torch.Generator | None) -> float | tuple[float, ...]:
-    """A ~ U(0, 1) for lines and curves; Dirichlet(1, ..., 1) (normalised exponentials) for simplexes."""
-    if config.shape != "simplex":
-        return torch.rand((), generator=generator, dtype=torch.float64).item()
-    e = torch.empty(config.n, dtype=torch.float64).exponential_(generator=generator)
-    return tuple((e / e.sum()).tolist())
-
-
-def sample_point(model: nn.Module, generator: torch.Generator | None = None) -> Point:
-    """Draw a point (one per module when the model is layerwise), move there and return it.
-
-    >>> round(sample_point(subspace(nn.Linear(2, 2)), torch.Generator().manual_seed(0)), 3)
-    0.97
-    """
-    config = _config(model)
-    if config.layerwise:
-        point: Point = {name: _draw(config, generator) for name in _subspace_tensors(model)}
-    else:
-        point = _draw(config, generator)
-    set_point(model, point)
-    return point
-
-
-def sampled_loss(
-    model: nn.Module,
-    criterion: Callable[[Tensor, Tensor], Tensor],
-    inputs: Tensor,
-    targets: Tensor,
-    num_samples: int = 1,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Mean over ``num_samples`` chunks of the batch of the chunk's loss, each at a freshly sampled point.
-
-    One backward of the result trains every chunk's point (as the original's ``num_samples``).
-
-    Example: ``loss = sampled_loss(model, F.cross_entropy, x, y, num_samples=2)``
-    """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    if num_samples > len(inputs):
-        raise ValueError(f"num_samples={num_samples} is more than the batch size {len(inputs)}: lower it")
-    losses = []
-    for x, y in zip(inputs.tensor_split(num_samples), targets.tensor_split(num_samples), strict=True):
-        sample_point(model, generator)
-        losses.append(criterion(model(x), y))
-    return torch.stack(losses).mean()
-
-
 def _config(model: nn.Module) -> SubspaceConfig:
     config = getattr(_unwrap(model), "subspace_config", None)
     if not isinstance(config, SubspaceConfig):
@@ -447,76 +368,20 @@ def _config(model: nn.Module) -> SubspaceConfig:
     return config
 
 
-class _SquaredCosine(torch.autograd.Function):
-    """``(a . b)^2 / (|a|^2 |b|^2)`` over the concatenation of two lists of tensors.
-
-    The gradient is written in closed form, ``d/da = s (b - (a.b / |a|^2) a)`` with
-    ``s = 2 g (a.b) / (|a|^2 |b|^2)``: one tensor per vertex, where autograd through three dot
-    products would build and add up six (2.5x faster on resnet18).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, k: int, *tensors: Tensor) -> Tensor:
-        a, b = tensors[:k], tensors[k:]
-        sums = torch.zeros(3, dtype=a[0].dtype, device=a[0].device)
-        for x, y in zip(a, b, strict=True):  # one tensor pair at a time: the second read hits the cache
-            x, y = x.reshape(-1), y.reshape(-1)
-            sums += torch.stack((torch.dot(x, y), torch.dot(x, x), torch.dot(y, y)))
-        dot, norm_a, norm_b = sums.unbind()
-        ctx.k = k
-        ctx.save_for_backward(dot, norm_a, norm_b, *tensors)
-        return dot.square() / (norm_a * norm_b)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        dot, norm_a, norm_b, *tensors = ctx.saved_tensors
-        a, b = tensors[: ctx.k], tensors[ctx.k :]
-        scale = grad * 2 * dot / (norm_a * norm_b)
-        along_a, along_b = -dot / norm_a, -dot / norm_b
-        grad_a = [torch.addcmul(y, x, along_a).mul_(scale) for x, y in zip(a, b, strict=True)]
-        grad_b = [torch.addcmul(x, y, along_b).mul_(scale) for x, y in zip(a, b, strict=True)]
-        return None, *grad_a, *grad_b
+_MOVED = {  # names that lived here before the split, still importable from here
+    "Point": "points",
+    "at_point": "points",
+    "extract_point": "points",
+    "sample_point": "points",
+    "sampled_loss": "points",
+    "set_point": "points",
+    "subspace_regularizer": "regularizer",
+}
 
 
-def subspace_regularizer(model: nn.Module, generator: torch.Generator | None = None) -> Tensor:
-    """``cos^2`` between two distinct random vertices, over the concatenation of the regularized tensors.
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:  # lazily: points and regularizer import this module
+        import importlib
 
-    ``(sum v_i . v_j)^2 / (|v_i|^2 |v_j|^2)`` as the original (which added ``beta`` times it to the loss).
-
-    Example: ``loss = loss + 1.0 * subspace_regularizer(model)``
-    """
-    params = [p for group in _subspace_tensors(model).values() for p in group if p.regularized]
-    if not params:
-        raise ValueError("no subspace tensor is regularized: see subspace(regularize=...)")
-    i, j = torch.randperm(params[0].n, generator=generator)[:2].tolist()
-
-    def vertex(p: SubspaceParam, k: int) -> Tensor:  # half precision sums in float32
-        return p.vertices[k].to(torch.promote_types(p.vertices[k].dtype, torch.float32))
-
-    return _SquaredCosine.apply(len(params), *(vertex(p, i) for p in params), *(vertex(p, j) for p in params))
-
-
-def extract_point(model: nn.Module, point: Point, bn_stats: BNStats | None = None) -> nn.Module:
-    """A deep copy of ``model`` as the stock model at ``point`` (with ``bn_stats`` if given).
-
-    Its state_dict keys are the base architecture's (strict-loadable); pretrained_cfg names the base.
-
-    >>> list(extract_point(subspace(nn.Linear(2, 2)), 0.5).state_dict())
-    ['weight', 'bias']
-    """
-    plain = copy.deepcopy(model)
-    set_point(plain, point)
-    if bn_stats is not None:
-        load_bn_stats(plain, bn_stats)
-    for module in list(plain.modules()):
-        names = [
-            name
-            for name, p in getattr(module, "parametrizations", {}).items()
-            if isinstance(p[0], SubspaceParam)
-        ]
-        if names:
-            requires_grad = module.parametrizations[names[0]][0].vertices[0].requires_grad
-            unparametrize(module, names, requires_grad)
-    plain.__dict__.pop("subspace_config", None)
-    restore_base_cfg(plain)
-    return plain
+        return getattr(importlib.import_module(f"timm_overparam.subspace.{_MOVED[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

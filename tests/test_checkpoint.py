@@ -18,13 +18,13 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import load
 from torch import nn
 
+from timm_overparam.core.atomic import write_text_atomic
 from timm_overparam.train import checkpoint as ckpt
 from timm_overparam.train.checkpoint import (
     Checkpoints,
     TrainerState,
     file_sha256,
     read_state,
-    write_text_atomic,
 )
 from timm_overparam.train.cli import parse_args, train_parser, validate_parser
 from timm_overparam.train.loop import train

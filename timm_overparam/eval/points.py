@@ -85,25 +85,6 @@ def _index(points: list[PlainPoint], point: Point, what: str) -> int:
     raise ValueError(f"{what} {point!r} is not one of the evaluated points {points}")
 
 
-def _plain(point: Point) -> PlainPoint:
-    """``point`` as plain Python: a float, a tuple of floats, or a dict of those."""
-    if isinstance(point, Tensor):
-        point = point.tolist()
-    if isinstance(point, Mapping):
-        return {str(name): _plain(p) for name, p in point.items()}
-    if isinstance(point, Sequence):
-        return tuple(float(t) for t in point)
-    return float(point)
-
-
-def _index(points: list[PlainPoint], point: Point, what: str) -> int:
-    plain = _plain(point)
-    for i, p in enumerate(points):
-        if p == plain:
-            return i
-    raise ValueError(f"{what} {point!r} is not one of the evaluated points {points}")
-
-
 def evaluate_points(
     model: nn.Module,
     loader: Iterable,
@@ -188,11 +169,3 @@ def evaluate_points(
         num_samples=len(targets),
         bn_stats=bn_stats,
     )
-
-
-def __getattr__(name: str) -> Any:
-    if name == "plot_points":  # lazily: matplotlib loads with the plots
-        from timm_overparam.eval.plots import plot_points
-
-        return plot_points
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

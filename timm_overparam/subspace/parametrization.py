@@ -16,7 +16,7 @@ import numbers
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -366,22 +366,3 @@ def _config(model: nn.Module) -> SubspaceConfig:
     if not isinstance(config, SubspaceConfig):
         raise ValueError("the model has no subspace_config: convert it with timm_overparam.subspace()")
     return config
-
-
-_MOVED = {  # names that lived here before the split, still importable from here
-    "Point": "points",
-    "at_point": "points",
-    "extract_point": "points",
-    "sample_point": "points",
-    "sampled_loss": "points",
-    "set_point": "points",
-    "subspace_regularizer": "regularizer",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:  # lazily: points and regularizer import this module
-        import importlib
-
-        return getattr(importlib.import_module(f"timm_overparam.subspace.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,6 +38,7 @@ from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError
 from torch import nn
 
+from timm_overparam.core.atomic import write_text_atomic
 from timm_overparam.core.weights import load_weights, save_weights
 
 STATE_FILE = "trainer_state.json"
@@ -78,24 +79,6 @@ def file_sha256(path: str | os.PathLike) -> str:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` verbatim (no newline translation, so CSV text keeps its ``\\r\\n``) to
-    ``path`` through a hidden temporary file and a rename; a failed write (a full disk) removes
-    the temporary file and leaves any previous ``path`` as it was.
-
-    Example: ``write_text_atomic(folder / "args.yaml", yaml.safe_dump(vars(args)))``
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 _EDITED = "damaged or edited by hand; resume from another checkpoint-<n> of the experiment"

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import yaml
 
 DIGITS = "sklearn/digits"  # the embedded dataset (see train/data.py)
-PlainPoint = float | tuple[float, ...]
+ParsedPoint = float | tuple[float, ...]  # a point as the command line gives it
 
 
 class ConfigError(ValueError):
@@ -69,7 +69,7 @@ def option(
 
 
 # ------------------------------------------------------------------------------------- values
-def parse_points(text: str | None) -> list[PlainPoint]:
+def parse_points(text: str | None) -> list[ParsedPoint]:
     """``"0,0.5,1"`` -> ``[0.0, 0.5, 1.0]``; simplex points as colon-separated coordinates.
 
     >>> parse_points("0,0.5,1"), parse_points("0.2:0.8")
@@ -77,7 +77,7 @@ def parse_points(text: str | None) -> list[PlainPoint]:
     """
     if not text:
         return []
-    points: list[PlainPoint] = []
+    points: list[ParsedPoint] = []
     for item in text.split(","):
         try:
             parts = [float(t) for t in item.split(":")]
@@ -89,7 +89,7 @@ def parse_points(text: str | None) -> list[PlainPoint]:
     return points
 
 
-def parse_ensembles(text: str | None) -> list[list[PlainPoint]]:
+def parse_ensembles(text: str | None) -> list[list[ParsedPoint]]:
     """``"0+1,0+0.5+1"`` -> ``[[0.0, 1.0], [0.0, 0.5, 1.0]]`` (members joined by ``+``).
 
     >>> parse_ensembles("0+1")

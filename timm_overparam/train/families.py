@@ -21,16 +21,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from timm_overparam.core.modes import preserve_modes
+from timm_overparam.core.numerics import rel_err
 from timm_overparam.core.weights import save_weights
-from timm_overparam.eval.points import Metrics, evaluate_model, evaluate_points
+from timm_overparam.eval.metrics import Metrics, evaluate_model
+from timm_overparam.eval.points import evaluate_points
 from timm_overparam.expand.convert import collapse, is_expanded
-from timm_overparam.subspace.parametrization import (
-    SubspaceConfig,
-    _coefficients,
-    extract_point,
-    sampled_loss,
-    subspace_regularizer,
-)
+from timm_overparam.subspace.parametrization import SubspaceConfig, _coefficients
+from timm_overparam.subspace.points import extract_point, sampled_loss
+from timm_overparam.subspace.regularizer import subspace_regularizer
 from timm_overparam.train.config import parse_ensembles, parse_points
 
 METRICS = [f.name for f in fields(Metrics)]  # what every evaluation reports
@@ -83,10 +82,6 @@ def check_points(config: SubspaceConfig, points: list[Any], ensembles: list[list
 def flat(metrics: Metrics, prefix: str = "") -> dict[str, float]:
     """Metrics as a flat dict with ``prefix`` on every key."""
     return {f"{prefix}{k}": v for k, v in asdict(metrics).items()}
-
-
-def _rel_err(a: Tensor, b: Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 class PlainFamily:
@@ -154,13 +149,8 @@ class OpFamily(PlainFamily):
     def check_collapse(self, run: Any, expanded: nn.Module, plain: nn.Module, epoch: int) -> float:
         """Relative error between expanded and collapsed eval logits on the first validation batch."""
         x, _ = next(iter(run.val_loader))
-        modes = {m: m.training for m in expanded.modules()}
-        expanded.eval()
-        try:
-            err = _rel_err(expanded(x).float(), plain.eval()(x).float())
-        finally:
-            for m, training in modes.items():
-                m.training = training
+        with preserve_modes(expanded, training=False):
+            err = rel_err(expanded(x).float(), plain.eval()(x).float())
         limit = 1e-4 if run.acc.mixed_precision == "no" else 5e-2
         if not math.isfinite(err):
             raise FloatingPointError(

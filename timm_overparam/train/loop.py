@@ -34,6 +34,7 @@ from timm.utils import ModelEmaV3, update_summary
 from torch import nn
 from tqdm import tqdm
 
+from timm_overparam.core.atomic import write_text_atomic
 from timm_overparam.core.weights import load_weights
 from timm_overparam.train.callbacks import CallbackList
 from timm_overparam.train.checkpoint import (
@@ -41,7 +42,6 @@ from timm_overparam.train.checkpoint import (
     TrainerState,
     read_callbacks,
     read_state,
-    write_text_atomic,
 )
 from timm_overparam.train.config import TrainConfig, load_callback, mixed_precision
 from timm_overparam.train.data import (

@@ -19,11 +19,13 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from timm.utils import reparameterize_model
 
+from timm_overparam.core.atomic import write_text_atomic
 from timm_overparam.core.weights import load_weights
-from timm_overparam.eval.points import Metrics, evaluate_model, evaluate_points
+from timm_overparam.eval.metrics import Metrics, evaluate_model
+from timm_overparam.eval.points import evaluate_points
 from timm_overparam.expand.convert import collapse
-from timm_overparam.subspace.parametrization import extract_point
-from timm_overparam.train.checkpoint import EMA_FILE, MODEL_FILE, read_state, verify_files, write_text_atomic
+from timm_overparam.subspace.points import extract_point
+from timm_overparam.train.checkpoint import EMA_FILE, MODEL_FILE, read_state, verify_files
 from timm_overparam.train.config import ValidateConfig, mixed_precision, parse_ensembles, parse_points
 from timm_overparam.train.data import loader
 from timm_overparam.train.families import check_points, default_points, family

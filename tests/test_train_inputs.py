@@ -150,14 +150,14 @@ def test_wandb_is_requested_by_every_form_of_the_config_flag(tmp_path):
 
 
 def test_validate_checks_its_results_file_and_points_before_evaluating(tmp_path, monkeypatch):
-    from timm_overparam.train import validation
+    from timm_overparam.train import families, validation
     from timm_overparam.train.cli import validate_parser
 
     def evaluate(*args, **kwargs):
         raise AssertionError("evaluated before the inputs were checked")
 
-    monkeypatch.setattr(validation, "evaluate_model", evaluate)
-    monkeypatch.setattr(validation, "evaluate_points", evaluate)
+    monkeypatch.setattr(families, "evaluate_model", evaluate)
+    monkeypatch.setattr(families, "evaluate_points", evaluate)
     (tmp_path / "file").write_text("")
     cases = {
         ("--model", "test_resnet", "--results-file", str(tmp_path)): r"--results-file '.*' is a folder",

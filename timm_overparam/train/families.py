@@ -19,6 +19,7 @@ from dataclasses import asdict, fields
 from typing import Any
 
 import torch
+from timm.utils import reparameterize_model
 from torch import Tensor, nn
 
 from timm_overparam.core.modes import preserve_modes
@@ -84,6 +85,27 @@ def flat(metrics: Metrics, prefix: str = "") -> dict[str, float]:
     return {f"{prefix}{k}": v for k, v in asdict(metrics).items()}
 
 
+def timm_record(metrics: Metrics) -> dict[str, float]:
+    """validate.py's form of metrics, as timm's validate.py writes them (accuracies in percent).
+
+    >>> timm_record(Metrics(top1=0.5, top5=1.0, loss=0.7, ece=0.1))["top1_err"]
+    50.0
+    """
+    top1, top5 = 100 * metrics.top1, 100 * metrics.top5
+    return {
+        "top1": round(top1, 4),
+        "top1_err": round(100 - top1, 4),
+        "top5": round(top5, 4),
+        "top5_err": round(100 - top5, 4),
+        "loss": round(metrics.loss, 6),
+        "ece": round(metrics.ece, 6),
+    }
+
+
+def _millions(model: nn.Module) -> float:
+    return round(sum(p.numel() for p in model.parameters()) / 1e6, 4)
+
+
 class PlainFamily:
     """A model trained, evaluated and kept as it is (the base of the other families).
 
@@ -122,6 +144,14 @@ class PlainFamily:
     def export(self, run: Any, model: nn.Module, metrics: dict[str, float], detail: Any) -> dict[str, Any]:
         """Write the stock-timm exports (main process); returns the extra results fields (``exports``)."""
         return {"exports": []}
+
+    def validate(self, model: nn.Module, val_loader: Any, bn_loader: Any, gather: Any) -> dict[str, Any]:
+        """validate.py's record of ``model``: its stock form evaluated (``reparam``: through timm's
+        ``reparameterize_model``), parameter counts in millions."""
+        stock = self.stock(model)
+        if getattr(self.config, "reparam", False):
+            stock = reparameterize_model(stock)
+        return timm_record(evaluate_model(stock, val_loader, gather)) | {"param_count": _millions(stock)}
 
 
 class OpFamily(PlainFamily):
@@ -177,6 +207,13 @@ class OpFamily(PlainFamily):
             f"parameters: expanded {count:,}, collapsed {results['param_count_collapsed']:,}"
         )
         return results | {"exports": exports}
+
+    def validate(self, model: nn.Module, val_loader: Any, bn_loader: Any, gather: Any) -> dict[str, Any]:
+        record = super().validate(model, val_loader, bn_loader, gather)
+        return record | {
+            "param_count_expanded": _millions(model),
+            "param_count_collapsed": record["param_count"],
+        }
 
 
 class SubspaceFamily(PlainFamily):
@@ -234,6 +271,33 @@ class SubspaceFamily(PlainFamily):
             if run.acc.is_main_process:
                 exports.append(save_weights(plain, run.folder / f"point-{point_name(p)}.safetensors"))
         return {"param_count_point": sum(p.numel() for p in plain.parameters()), "exports": exports}
+
+    def validate(self, model: nn.Module, val_loader: Any, bn_loader: Any, gather: Any) -> dict[str, Any]:
+        res = evaluate_points(
+            model,
+            val_loader,
+            self.points,
+            self.ensembles,
+            bn_loader=bn_loader,
+            bn_batches=self.config.bn_recal_batches,
+            average=self.config.ensemble_average,
+            gather=gather,
+        )
+        return (
+            timm_record(res.metrics[0])
+            | {"point": res.points[0]}
+            | {
+                "points": [
+                    {"point": p} | timm_record(m) for p, m in zip(res.points, res.metrics, strict=True)
+                ],
+                "ensembles": [
+                    {"members": list(e)} | timm_record(m)
+                    for e, m in zip(res.ensembles, res.ensemble_metrics, strict=True)
+                ],
+                "param_count": _millions(model),
+                "param_count_point": _millions(extract_point(model, res.points[0])),
+            }
+        )
 
 
 FAMILIES: list[type[PlainFamily]] = [SubspaceFamily, OpFamily, PlainFamily]

@@ -17,31 +17,14 @@ from typing import Any
 
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from timm.utils import reparameterize_model
 
 from timm_overparam.core.atomic import write_text_atomic
 from timm_overparam.core.weights import load_weights
-from timm_overparam.eval.metrics import Metrics, evaluate_model
-from timm_overparam.eval.points import evaluate_points
-from timm_overparam.expand.convert import collapse
-from timm_overparam.subspace.points import extract_point
 from timm_overparam.train.checkpoint import EMA_FILE, MODEL_FILE, read_state, verify_files
-from timm_overparam.train.config import ValidateConfig, mixed_precision, parse_ensembles, parse_points
+from timm_overparam.train.config import ValidateConfig, mixed_precision
 from timm_overparam.train.data import loader
-from timm_overparam.train.families import check_points, default_points, family
+from timm_overparam.train.families import family_of
 from timm_overparam.train.loop import create_model, open_data, set_transforms
-
-
-def _record(metrics: Metrics) -> dict[str, float]:
-    top1, top5 = 100 * metrics.top1, 100 * metrics.top5
-    return {
-        "top1": round(top1, 4),
-        "top1_err": round(100 - top1, 4),
-        "top5": round(top5, 4),
-        "top5_err": round(100 - top5, 4),
-        "loss": round(metrics.loss, 6),
-        "ece": round(metrics.ece, 6),
-    }
 
 
 def _weights_file(args: ValidateConfig) -> Path | None:
@@ -81,50 +64,14 @@ def validate(config: ValidateConfig) -> dict[str, Any]:
     model = create_model(args, info)
     if weights is not None:
         load_weights(model, weights)
-    kind = family(model)
+    strategy = family_of(model, args)  # its points and options checked before anything runs
     config = set_transforms(args, model, train_set, val_set, augment=False)  # BN recalibration data
     batch = args.validation_batch_size or args.batch_size
     val_loader = acc.prepare(loader(val_set, batch, shuffle=False, workers=args.workers, seed=args.seed))
-    model = acc.prepare(model)
-    model = acc.unwrap_model(model)
-    count = sum(p.numel() for p in model.parameters())
-    record: dict[str, Any] = {"model": args.model, "family": kind}
-    points = parse_points(args.eval_points)
-    if kind == "subspace":
-        check_points(
-            model.subspace_config, points or default_points(model), parse_ensembles(args.eval_ensembles)
-        )
-        bn = loader(train_set, args.batch_size, shuffle=True, workers=0, seed=args.seed)
-        res = evaluate_points(
-            model,
-            val_loader,
-            points or default_points(model),
-            parse_ensembles(args.eval_ensembles),
-            bn_loader=bn,
-            bn_batches=args.bn_recal_batches,
-            average=args.ensemble_average,
-            gather=acc.gather_for_metrics,
-        )
-        record |= _record(res.metrics[0]) | {"point": res.points[0]}
-        record["points"] = [{"point": p} | _record(m) for p, m in zip(res.points, res.metrics, strict=True)]
-        record["ensembles"] = [
-            {"members": list(e)} | _record(m)
-            for e, m in zip(res.ensembles, res.ensemble_metrics, strict=True)
-        ]
-        plain = extract_point(model, res.points[0])
-        record["param_count"] = round(count / 1e6, 4)
-        record["param_count_point"] = round(sum(p.numel() for p in plain.parameters()) / 1e6, 4)
-    else:
-        if points or args.eval_ensembles:
-            raise ValueError(f"--eval-points/--eval-ensembles need a subspace model, not {args.model!r}")
-        evaluated = collapse(model) if kind == "op" or args.reparam else model
-        if args.reparam:
-            evaluated = reparameterize_model(evaluated)
-        record |= _record(evaluate_model(evaluated, val_loader, acc.gather_for_metrics))
-        record["param_count"] = round(sum(p.numel() for p in evaluated.parameters()) / 1e6, 4)
-        if kind == "op":
-            record["param_count_expanded"] = round(count / 1e6, 4)
-            record["param_count_collapsed"] = record["param_count"]
+    model = acc.unwrap_model(acc.prepare(model))
+    bn = loader(train_set, args.batch_size, shuffle=True, workers=0, seed=args.seed)
+    record: dict[str, Any] = {"model": args.model, "family": strategy.name}
+    record |= strategy.validate(model, val_loader, bn, acc.gather_for_metrics)
     record |= {
         "img_size": config["input_size"][-1],
         "crop_pct": config["crop_pct"],

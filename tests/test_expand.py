@@ -80,12 +80,48 @@ def test_chain_and_composed_give_the_same_gradients(kind, opt):
     module.train()
     x = _input(module, torch.float64)
     grads = []
-    for run in (lambda: chain.run_chain(module, x), lambda: type(module).forward(module, x)):
+    composed = type(module).__bases__[0].forward  # the module class's own forward (layout.adopt)
+    for run in (lambda: chain.run_chain(module, x), lambda: composed(module, x)):
         module.zero_grad()
         (run() ** 2).sum().backward()
         grads.append([p.grad.clone() for p in module.parameters()])
     for g_chain, g_composed in zip(*grads, strict=True):
         assert rel_err(g_chain, g_composed) <= 1e-10
+
+
+def test_host_gets_one_class_swap_and_gets_its_class_back():
+    from timm.layers import StdConv2d
+
+    conv, std = nn.Conv2d(4, 4, 3, padding=1), StdConv2d(4, 4, 3, padding=1)
+    for module in (conv, std):
+        expand_module(module, ExpandOptions(depth=3))
+        assert "forward" not in vars(module) and "reparameterize" not in vars(module)
+        assert "reparameterize" in vars(type(module))
+    assert type(conv).__bases__ == (nn.Conv2d,) and type(conv).forward is not nn.Conv2d.forward
+    assert type(std).__bases__ == (StdConv2d,)
+    assert type(std).forward is StdConv2d.forward  # not chain-capable: its own forward, composed
+    twin = copy.deepcopy(conv)
+    collapse_module(conv)
+    assert type(conv) is nn.Conv2d and type(twin).__name__ == "ParametrizedConv2d"
+    x = torch.randn(2, 4, 5, 5)
+    assert rel_err(twin(x), conv(x)) <= 1e-5
+    twin.reparameterize()
+    assert type(twin) is nn.Conv2d
+
+
+def test_collapse_keeps_other_parametrizations_and_drops_the_chain_form():
+    from torch.nn.utils import parametrize
+
+    module = nn.Linear(4, 4)
+    module.register_parameter("scale", nn.Parameter(torch.ones(4)))  # someone else's parametrized tensor
+    parametrize.register_parametrization(module, "scale", nn.Tanh())
+    expand_module(module, ExpandOptions(depth=2))
+    x = torch.randn(3, 4)
+    expected = module(x)
+    collapse_module(module)
+    assert parametrize.is_parametrized(module, "scale") and not parametrize.is_parametrized(module, "weight")
+    assert not {"forward", "reparameterize"} & set(vars(type(module)))
+    assert rel_err(module(x), expected) <= 1e-6
 
 
 def test_batch_norm_chain_uses_batch_statistics_in_training():

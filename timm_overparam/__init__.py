@@ -14,7 +14,8 @@ from timm_overparam.eval.metrics import Metrics, evaluate_model
 from timm_overparam.eval.points import SubspaceResults, evaluate_points
 from timm_overparam.expand.convert import collapse, is_expanded, overparameterize
 from timm_overparam.expand.layers import OverparamConv1d, OverparamConv2d, OverparamLinear
-from timm_overparam.expand.parametrization import ExpandOptions, ExpandProject, collapse_module, expand_module
+from timm_overparam.expand.options import ExpandOptions
+from timm_overparam.expand.parametrization import ExpandProject, collapse_module, expand_module
 from timm_overparam.models import op as _op_models  # noqa: F401  (registers the entrypoints)
 from timm_overparam.models import subspace as _subspace_models  # noqa: F401
 from timm_overparam.registry import register_architecture, register_new_models

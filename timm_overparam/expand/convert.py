@@ -9,13 +9,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from timm_overparam.core.walk import Selection, Skip, Target, find_parametrized, restore_base_cfg, walk
-from timm_overparam.expand.parametrization import (
-    ExpandOptions,
-    ExpandProject,
-    collapse_module,
-    expand_module,
-    layout_of,
-)
+from timm_overparam.expand.layout import layout_of
+from timm_overparam.expand.options import ExpandOptions
+from timm_overparam.expand.parametrization import ExpandProject, collapse_module, expand_module
 
 _OP_TYPES = ("conv", "linear")
 

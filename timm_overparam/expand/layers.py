@@ -12,7 +12,8 @@ from typing import Any
 
 from torch import nn
 
-from timm_overparam.expand.parametrization import ExpandOptions, expand_module
+from timm_overparam.expand.options import ExpandOptions
+from timm_overparam.expand.parametrization import expand_module
 
 
 def _kernel_list(kernel_sizes: int | Sequence[Any], depth: int | None, nd: int) -> list[tuple[int, ...]]:

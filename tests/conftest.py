@@ -28,9 +28,9 @@ def randomize_norm_stats(module: torch.nn.Module, eps: float | None = None) -> N
                 m.eps = eps
 
 
-def pytest_report_header() -> list[str]:
+def pytest_terminal_summary(terminalreporter) -> None:
     """The versions this run tested (CI installs the newest the bounds in pyproject.toml allow)."""
     from importlib.metadata import version
 
     names = ("torch", "torchvision", "timm", "accelerate", "numpy", "safetensors", "wandb")
-    return ["packages: " + ", ".join(f"{n} {version(n)}" for n in names)]
+    terminalreporter.write_line("packages: " + ", ".join(f"{n} {version(n)}" for n in names))

@@ -10,6 +10,15 @@ from timm_overparam.core.numerics import rel_err  # noqa: F401  (the tests impor
 
 
 @pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Every test starts with no accelerate state (a test builds its own Accelerator)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     torch.set_num_threads(1)

@@ -3,15 +3,13 @@ processes and across a resume; their state is checkpointed as hashed JSON."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
-from test_train import ROOT
+from test_train import launch_two
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -24,13 +22,6 @@ from timm_overparam.train.loop import create_model, open_data, set_transforms
 
 # a LayerNorm model: a batch split over processes gives the same update as the whole batch
 VIT = dict(model="test_vit_op2", model_kwargs={"img_size": 32}, warmup_epochs=0, lr=0.1, batch_size=128)
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
 
 
 def hand_written(cfg: TrainConfig) -> list[dict]:
@@ -176,16 +167,7 @@ def test_two_processes_record_what_one_does(tmp_path):
         "--callback",
         "timm_overparam.train.callbacks:NormRecorder",
     ]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    two = subprocess.run(
-        [*launch, "train.py", *argv, "-b", "64", "--experiment", "two"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    two = launch_two(*argv, "-b", "64", "--experiment", "two")
     assert two.returncode == 0, two.stderr[-3000:]
     recorder = NormRecorder()
     train(TrainConfig(**VIT, epochs=1, output=str(tmp_path), experiment="one", callbacks=[recorder]))

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import load
+from test_train import run
 from torch import nn
 
 from timm_overparam.core.atomic import write_text_atomic
@@ -26,25 +26,13 @@ from timm_overparam.train.checkpoint import (
     file_sha256,
     read_state,
 )
-from timm_overparam.train.cli import parse_args, train_parser, validate_parser
-from timm_overparam.train.loop import train
+from timm_overparam.train.cli import parse_args, validate_parser
 from timm_overparam.train.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--model", "test_resnet_op2", "-b", "128", "--warmup-epochs", "0", "--lr", "0.1"]
 LINE = ["--model", "test_resnet_line", "-b", "128", "--warmup-epochs", "0", "--lr", "0.1"]
 LINE += ["--bn-recal-batches", "2", "--eval-points", "0,1"]
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-
-
-def run(tmp_path: Path, *argv: str) -> dict:
-    return train(parse_args(train_parser(), ["--output", str(tmp_path), *argv]))
 
 
 def setup(folder: Path, history: int = 2) -> tuple[nn.Module, Checkpoints]:

@@ -5,18 +5,10 @@ import sys
 
 import pytest
 import yaml
-from accelerate.state import AcceleratorState, GradientState
 from test_train import FAST, ROOT, run
 
 from timm_overparam.train import ConfigError, TrainConfig, ValidateConfig
 from timm_overparam.train.cli import parse_args, train_parser, validate_parser
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
 
 
 def test_cli_yaml_and_python_build_equal_configs(tmp_path):

@@ -6,19 +6,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState, GradientState
 from test_train import FAST, rows, run
 
 from timm_overparam.train import loop as trainer_module
 from timm_overparam.train.cli import parse_args, train_parser
 from timm_overparam.train.loop import Trainer
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:

@@ -12,7 +12,6 @@ import timm
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 from conftest import randomize_norm_stats, rel_err
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -27,15 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--model", "test_resnet_op2", "-b", "128", "--warmup-epochs", "0", "--lr", "0.1"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-
-
 def run(tmp_path: Path, *argv: str) -> dict:
     return train(parse_args(train_parser(), ["--output", str(tmp_path), *argv]))
+
+
+def launch_two(*argv: str) -> subprocess.CompletedProcess:
+    """train.py under ``accelerate launch`` with 2 CPU processes (gloo)."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return subprocess.run([*launch, "train.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True)
 
 
 def rows(folder: Path) -> list[dict[str, str]]:
@@ -167,16 +167,7 @@ def same_rows(a: list[dict[str, str]], b: list[dict[str, str]]) -> None:
 )
 def test_two_processes_match_one(tmp_path, model, extra):
     argv = ["--model", model, *VIT, *extra, "--output", str(tmp_path)]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    two = subprocess.run(
-        [*launch, "train.py", *argv, "-b", "64", "--experiment", "two"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    two = launch_two(*argv, "-b", "64", "--experiment", "two")
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count(f"{model} (") == 1  # printed by the main process only
     run(tmp_path, *argv, "-b", "128", "--experiment", "one")

@@ -8,19 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import save_file
 from test_train import FAST, ROOT, run, write_image_folder
 
 from timm_overparam.train.cli import parse_args
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-
 
 LINE = ["--model", "test_resnet_line"]
 SIMPLEX = ["--model", "test_resnet_simplex"]

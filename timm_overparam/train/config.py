@@ -520,7 +520,20 @@ class _Config:
 
 
 @dataclass(init=False, eq=True, repr=True)
-class TrainConfig(_Config):
+class _ModelConfig(_Config):
+    """The keys train.py and validate.py share first: the config file and the model to create."""
+
+    config: str = option("", "YAML file of flag defaults", flags=("-c", "--config"), metavar="FILE")
+    model: str = option("resnet18_op3", "timm name, e.g. resnet18_op3, resnet18_line")
+    pretrained: bool = option(False, "start from the base model's weights")
+    pretrained_path: str | None = option(
+        None, "with --pretrained: a local file of the base model's weights instead of the hub's", kind="str"
+    )
+    model_kwargs: dict[str, Any] = option({}, "create_model kwargs, k=v ...", kind="kwargs")  # noqa: RUF009
+
+
+@dataclass(init=False, eq=True, repr=True)
+class TrainConfig(_ModelConfig):
     """Every train.py option (see the module docstring); ``train(TrainConfig(...))`` runs it.
 
     >>> cfg = TrainConfig(model="resnet18_op3", epochs=3, batch_size=32)
@@ -530,13 +543,6 @@ class TrainConfig(_Config):
 
     _groups: ClassVar[tuple[str, ...]] = ("data", "eval", "family", "optim", "schedule", "augment", "logging")
 
-    config: str = option("", "YAML file of flag defaults", flags=("-c", "--config"), metavar="FILE")
-    model: str = option("resnet18_op3", "timm name, e.g. resnet18_op3, resnet18_line")
-    pretrained: bool = option(False, "start from the base model's weights")
-    pretrained_path: str | None = option(
-        None, "with --pretrained: a local file of the base model's weights instead of the hub's", kind="str"
-    )
-    model_kwargs: dict[str, Any] = option({}, "create_model kwargs, k=v ...", kind="kwargs")  # noqa: RUF009
     initial_checkpoint: str = option("", "load these weights (safetensors) first")
     resume: str = option("", "resume from a checkpoint folder (output/train/<exp>/last)")
     drop: float | None = option(None, "dropout rate", kind="float")
@@ -564,7 +570,7 @@ class TrainConfig(_Config):
 
 
 @dataclass(init=False, eq=True, repr=True)
-class ValidateConfig(_Config):
+class ValidateConfig(_ModelConfig):
     """Every validate.py option; ``validate(ValidateConfig(...))`` runs it (data and eval groups as in training).
 
     >>> ValidateConfig(model="resnet18", checkpoint="c.safetensors").results_format
@@ -573,13 +579,6 @@ class ValidateConfig(_Config):
 
     _groups: ClassVar[tuple[str, ...]] = ("data", "eval")
 
-    config: str = option("", "YAML file of flag defaults", flags=("-c", "--config"), metavar="FILE")
-    model: str = option("resnet18_op3", "timm name, e.g. resnet18_op3, resnet18_line")
-    pretrained: bool = option(False, "start from the base model's weights")
-    pretrained_path: str | None = option(
-        None, "with --pretrained: a local file of the base model's weights instead of the hub's", kind="str"
-    )
-    model_kwargs: dict[str, Any] = option({}, "create_model kwargs, k=v ...", kind="kwargs")  # noqa: RUF009
     checkpoint: str = option("", "a .safetensors file or a train.py checkpoint folder")
     use_ema: bool = option(False, "the checkpoint folder's EMA weights")
     reparam: bool = option(False, "timm reparameterize_model (collapses op)")

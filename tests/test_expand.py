@@ -135,7 +135,7 @@ def test_batch_norm_chain_uses_batch_statistics_in_training():
     assert chain.prefers_chain(module, x.shape)
     # the first batch-norm saw the batch: its running mean moved towards the batch mean
     expected = 0.1 * hidden.mean(dim=(0, 2, 3))
-    assert torch.allclose(chain.norms[0].running_mean, expected.detach(), atol=1e-5)
+    torch.testing.assert_close(chain.norms[0].running_mean, expected.detach(), atol=1e-5, rtol=1e-5)
     assert y.shape == (8, 4, 9, 9)
 
 
@@ -165,13 +165,13 @@ def test_eval_cache_never_serves_stale_weights():
     model.eval()
     with torch.no_grad():
         assert not torch.allclose(model[0](x), first)
-        assert torch.allclose(model[0](x), fresh(), atol=1e-6)
+        torch.testing.assert_close(model[0](x), fresh(), atol=1e-6, rtol=1e-5)
         # load_state_dict
         state = copy.deepcopy(model.state_dict())
         for v in state.values():
             v.mul_(0.5) if v.is_floating_point() else None
         model.load_state_dict(state)
-        assert torch.allclose(model[0](x), fresh(), atol=1e-6)
+        torch.testing.assert_close(model[0](x), fresh(), atol=1e-6, rtol=1e-5)
         # EMA update of a copy
         ema = ModelEmaV3(model, decay=0.5)
         before = ema.module[0](x).clone()
@@ -182,11 +182,11 @@ def test_eval_cache_never_serves_stale_weights():
         after = ema.module[0](x)
         assert not torch.allclose(after, before)
         expected = torch.nn.functional.conv2d(x, ema_chain.compose(), ema.module[0].bias)
-        assert torch.allclose(after, expected, atol=1e-5)
+        torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-5)
         # .to()
         model.double()
         assert model[0](x.double()).dtype == torch.float64
-        assert torch.allclose(model[0](x.double()), fresh(), atol=1e-6)
+        torch.testing.assert_close(model[0](x.double()), fresh(), atol=1e-6, rtol=1e-5)
 
 
 def test_weight_and_bias_are_never_stale_and_assignment_solves():
@@ -196,12 +196,12 @@ def test_weight_and_bias_are_never_stale_and_assignment_solves():
     module(torch.randn(4, 5)).sum().backward()
     with torch.no_grad():
         chain.factors[1].mul_(2)
-    assert torch.allclose(module.weight, chain.compose())
+    torch.testing.assert_close(module.weight, chain.compose(), rtol=1e-5, atol=1e-8)
     target_w, target_b = torch.randn(5, 5), torch.randn(5)
     module.weight = target_w
     module.bias = target_b
-    assert torch.allclose(module.weight, target_w, atol=1e-6)
-    assert torch.allclose(module.bias, target_b, atol=1e-6)
+    torch.testing.assert_close(module.weight, target_w, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(module.bias, target_b, atol=1e-6, rtol=1e-5)
 
 
 def test_multihead_attention_out_proj_factors_get_gradients():

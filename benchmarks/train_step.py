@@ -282,7 +282,7 @@ def per_layer_case(case: str, arch: str, size: int, image: int, args) -> list[Re
     layers = _chain_layers(model, x)
     for name, module, shape in layers:
         chain, key = module.parametrizations.weight[0], tuple(shape)
-        choice = chain.prefers_chain(module, shape)
+        choice = chain.prefers_chain(shape)
         inp = torch.randn(shape, requires_grad=True)
         with torch.no_grad():
             grad = torch.randn_like(module(inp))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from timm_overparam.expand.cost import chain_cost, composed_cost
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
 
 
@@ -45,4 +47,4 @@ def test_per_layer_case_times_every_chain_layer_and_restores_the_choice(monkeypa
     for name, m in chains.items():  # the forced forms are gone: the cost model's choice is back
         chain = m.parametrizations.weight[0]
         key = tuple(shapes[name])
-        assert chain._mode[key] == (chain._chain_cost(m, key) < chain._composed_cost(m, key))
+        assert chain._mode[key] == (chain_cost(chain.plan, key) < composed_cost(chain.plan, key))

@@ -130,7 +130,7 @@ def chain_capable(module: nn.Module) -> bool:
 def _host_forward(self: nn.Module, x: Tensor) -> Tensor:
     """``forward`` of a chain-capable host: the activation chain where cheaper in training."""
     chain = self.parametrizations.weight[0]
-    if self.training and chain.prefers_chain(self, x.shape):
+    if self.training and chain.prefers_chain(x.shape):
         return chain.run_chain(self, x)
     return type(self).__bases__[0].forward(self, x)  # the module class's own forward
 

@@ -266,12 +266,12 @@ class ExpandProject(nn.Module):
         self._cache = None
 
     # -------------------------------------------------------------------- activation-space chain
-    def prefers_chain(self, module: nn.Module, shape: torch.Size) -> bool:
+    def prefers_chain(self, shape: torch.Size) -> bool:
         """Whether running the chain on activations is cheaper than composing, for this input shape.
 
         Batch-norm inside the chain needs batch statistics, so such a chain always runs as a chain.
-        ``module`` is the host (its geometry was recorded in ``layout`` at expansion). The choice
-        is cached per shape.
+        The host's geometry was recorded in ``plan.layout`` at expansion. The choice is cached per
+        shape.
         """
         if self.norms is not None:
             return True
@@ -280,12 +280,6 @@ class ExpandProject(nn.Module):
         if choice is None:
             choice = self._mode[key] = _cost.prefers_chain(self.plan, key)
         return choice
-
-    def _composed_cost(self, module: nn.Module, shape: tuple[int, ...]) -> float:
-        return _cost.composed_cost(self.plan, shape)
-
-    def _chain_cost(self, module: nn.Module, shape: tuple[int, ...]) -> float:
-        return _cost.chain_cost(self.plan, shape)
 
     def run_chain(self, module: nn.Module, x: Tensor) -> Tensor:
         """Run the factors on activations: same output and gradients as the composed weight."""

@@ -314,7 +314,7 @@ def write_mnist(root: Path, counts: dict[str, int]) -> None:
 
 def test_torch_mnist_is_one_channel(tmp_path):
     write_mnist(tmp_path / "data", {"train": 200, "t10k": 50})
-    res = run(
+    run(
         tmp_path,
         *FAST,
         "--dataset",
@@ -332,7 +332,7 @@ def test_torch_mnist_is_one_channel(tmp_path):
         "m",
     )
     args = yaml.safe_load((tmp_path / "m" / "args.yaml").read_text())
-    assert args["dataset"] == "torch/mnist" and 0 <= res["final"]["top1"] <= 1
+    assert args["dataset"] == "torch/mnist"
     assert float(rows(tmp_path / "m")[2]["train_loss"]) < float(rows(tmp_path / "m")[0]["train_loss"])
     stock = timm.create_model("test_resnet", num_classes=10, in_chans=1)  # the export has 1 input channel
     stock.load_state_dict(load_file(tmp_path / "m" / "collapsed.safetensors"))

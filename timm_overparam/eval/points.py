@@ -3,8 +3,6 @@
 Every point runs once: it is set, its BatchNorm statistics recalibrated on training data, the eval
 loader forwarded, and its logits kept on the CPU. Ensembles and TV distances are computed from the
 kept logits, so each ensemble member uses its own statistics and no point is evaluated twice.
-(``Metrics``/``evaluate_model`` live in ``eval.metrics``, ``plot_points`` in ``eval.plots``; they
-are still importable from here.)
 """
 
 from __future__ import annotations
@@ -18,11 +16,11 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from timm_overparam.core.modes import preserve_modes
-from timm_overparam.eval.metrics import Gather, Metrics, _logits, _metrics, evaluate_model
+from timm_overparam.eval.metrics import Gather, Metrics, _logits, _metrics
 from timm_overparam.subspace.bn import BNStats, current_bn_stats, load_bn_stats, recalibrate_bn
 from timm_overparam.subspace.points import Point, at_point
 
-__all__ = ["Metrics", "PlainPoint", "SubspaceResults", "evaluate_model", "evaluate_points"]
+__all__ = ["PlainPoint", "SubspaceResults", "evaluate_points"]
 
 # a point as plain data: a number, barycentric coordinates, or {module name: point}
 PlainPoint = float | tuple[float, ...] | dict[str, float | tuple[float, ...]]

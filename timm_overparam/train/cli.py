@@ -22,17 +22,11 @@ from timm_overparam.train.config import (
     TrainConfig,
     ValidateConfig,
     flag_name,
-    mixed_precision,
-    parse_ensembles,
-    parse_points,
 )
 
 __all__ = [
     "KeyValues",
-    "mixed_precision",
     "parse_args",
-    "parse_ensembles",
-    "parse_points",
     "read_config",
     "train_parser",
     "validate_parser",

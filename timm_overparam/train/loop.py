@@ -53,14 +53,7 @@ from timm_overparam.train.data import (
     open_dataset,
     transforms,
 )
-from timm_overparam.train.families import (  # noqa: F401  (family helpers, importable from here as before)
-    PlainFamily,
-    check_points,
-    default_points,
-    family,
-    family_of,
-    point_name,
-)
+from timm_overparam.train.families import family_of
 
 DECREASING = ("loss", "ece")  # metrics where lower is better
 DIGITS_SIZE = 32  # the 8x8 digits are upsampled to this unless --img-size says otherwise
@@ -239,16 +232,6 @@ class Trainer:
                 self.scheduler.step(self.start_epoch)
         self.folder, self.lock = self._claim_folder()  # last: nothing below can fail
         self.checkpoints = Checkpoints(self.acc, self.folder, decreasing, cfg.checkpoint_hist)
-
-    @property
-    def args(self) -> TrainConfig:
-        """The run's config (its former name)."""
-        return self.config
-
-    @property
-    def kind(self) -> str:
-        """The family's name: ``'op'``, ``'subspace'`` or ``'plain'``."""
-        return self.family.name
 
     @property
     def unwrapped(self) -> nn.Module:

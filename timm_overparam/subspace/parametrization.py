@@ -40,7 +40,7 @@ def _check_shape(shape: str, n: int) -> None:
         raise ValueError(f"a {shape} has {_VERTICES[shape]} vertices, got n={n}; use shape='simplex'")
 
 
-def _coefficients(shape: str, n: int, point: float | Sequence[float]) -> tuple[float, ...]:
+def coefficients(shape: str, n: int, point: float | Sequence[float]) -> tuple[float, ...]:
     """The vertex weights of a validated ``point``: ``(1-a, a)``, Bezier's, or the coordinates."""
     if shape != "simplex":
         if isinstance(point, Tensor) and point.dim() == 0:
@@ -125,7 +125,7 @@ class SubspaceParam(nn.Module):
 
     def set_point(self, point: float | Sequence[float]) -> None:
         """Move to ``point`` (a number in [0, 1], or barycentric coordinates for a simplex)."""
-        self.coefficients.copy_(torch.tensor(_coefficients(self.shape, self.n, point), dtype=torch.float64))
+        self.coefficients.copy_(torch.tensor(coefficients(self.shape, self.n, point), dtype=torch.float64))
 
     def forward(self) -> Tensor:
         # a copy, so that moving to another point before backward (num_samples > 1) keeps this graph valid

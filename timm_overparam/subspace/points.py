@@ -19,9 +19,9 @@ from timm_overparam.subspace.bn import BNStats, current_bn_stats, load_bn_stats
 from timm_overparam.subspace.parametrization import (
     SubspaceConfig,
     SubspaceParam,
-    _coefficients,
     _config,
     _subspace_tensors,
+    coefficients,
 )
 
 # a number for lines and curves, barycentric coordinates for simplexes; or one per module name
@@ -44,7 +44,7 @@ def set_point(model: nn.Module, point: Point) -> None:
         for param in groups[name]:
             key = (param.shape, param.n, id(p))
             if key not in done:
-                done[key] = torch.tensor(_coefficients(param.shape, param.n, p), dtype=torch.float64)
+                done[key] = torch.tensor(coefficients(param.shape, param.n, p), dtype=torch.float64)
             param.coefficients.copy_(done[key])
 
 

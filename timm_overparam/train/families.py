@@ -28,7 +28,7 @@ from timm_overparam.core.weights import save_weights
 from timm_overparam.eval.metrics import Metrics, evaluate_model
 from timm_overparam.eval.points import evaluate_points
 from timm_overparam.expand.convert import collapse, is_expanded
-from timm_overparam.subspace.parametrization import SubspaceConfig, _coefficients
+from timm_overparam.subspace.parametrization import SubspaceConfig, coefficients
 from timm_overparam.subspace.points import extract_point, sampled_loss
 from timm_overparam.subspace.regularizer import subspace_regularizer
 from timm_overparam.train.config import parse_ensembles, parse_points
@@ -67,7 +67,7 @@ def check_points(config: SubspaceConfig, points: list[Any], ensembles: list[list
     """
     for p in points:
         try:
-            _coefficients(config.shape, config.n, p)
+            coefficients(config.shape, config.n, p)
         except ValueError as e:
             raise ValueError(f"--eval-points: {e}") from None
     names = {point_name(p) for p in points}

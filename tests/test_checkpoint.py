@@ -15,7 +15,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import load
-from test_train import run
+from test_train import measured, rows, run
 from torch import nn
 
 from timm_overparam.core.atomic import write_text_atomic
@@ -408,9 +408,9 @@ def test_a_foreign_optimizer_state_is_refused(tmp_path):
 def test_subspace_resume_is_bit_exact_and_needs_its_random_states(tmp_path):
     run(tmp_path, *LINE, "--epochs", "2", "--experiment", "s")
     folder = tmp_path / "s"
-    straight = (folder / "summary.csv").read_text()
+    straight = measured(rows(folder))
     run(tmp_path, *LINE, "--epochs", "2", "--resume", str(folder / "checkpoint-1"))  # epoch 1 again
-    assert (folder / "summary.csv").read_text() == straight  # every metric of epoch 1, to the last digit
+    assert measured(rows(folder)) == straight  # every metric of epoch 1, to the last digit
     (folder / "checkpoint-1" / "random_states_0.pkl").unlink()  # resumed, it would sample other points
     with pytest.raises(ValueError, match=r"checkpoint-1/random_states_0.pkl' is missing"):
         run(tmp_path, *LINE, "--epochs", "2", "--resume", str(folder / "checkpoint-1"))

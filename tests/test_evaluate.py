@@ -1,4 +1,5 @@
-"""Evaluation of subspace points and ensembles: metrics against hand computations, restoring, plots."""
+"""Evaluation of subspace points and ensembles: metrics against hand computations, restoring, plots;
+reliability bins and the run record's bins and time per step."""
 
 import json
 import math
@@ -7,12 +8,14 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from test_train import FAST, rows, run
 from torch import nn
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 import timm_overparam as top
+from timm_overparam.eval import Reliability, reliability
 
 
 def _train_batches(n: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -186,3 +189,109 @@ def test_a_shuffling_eval_loader_is_refused():
     loader = DataLoader(dataset, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="must not shuffle"):
         top.evaluate_points(_small_cnn(), loader, [0, 1], bn_loader=_train_batches())
+
+
+# ------------------------------------------------------------------------ reliability bins
+def _binned_ece(bins: dict) -> float:
+    """sum_b count_b / N * |accuracy_b - confidence_b| over the non-empty bins of a record."""
+    n = sum(bins["count"])
+    return sum(
+        c / n * abs(a - f)
+        for c, a, f in zip(bins["count"], bins["accuracy"], bins["confidence"], strict=True)
+        if c
+    )
+
+
+def test_reliability_bins_of_a_hand_made_tensor():
+    probs = torch.tensor(
+        [
+            [0.97, 0.01, 0.01, 0.01],  # class 0, right: bin 19 [0.95, 1)
+            [0.52, 0.48, 0.0, 0.0],  # class 0, right: bin 10 [0.5, 0.55)
+            [0.32, 0.28, 0.2, 0.2],  # class 0, wrong: bin 6 [0.3, 0.35)
+            [0.1, 0.62, 0.18, 0.1],  # class 1, right: bin 12 [0.6, 0.65)
+        ]
+    )
+    targets = torch.tensor([0, 0, 1, 1])
+    bins = reliability(probs, targets)
+    filled = {6: (0.32, 0.0), 10: (0.52, 1.0), 12: (0.62, 1.0), 19: (0.97, 1.0)}
+    assert bins.count == [1 if b in filled else 0 for b in range(20)]
+    for b in range(20):
+        if b in filled:
+            assert (bins.confidence[b], bins.accuracy[b]) == pytest.approx(filled[b], abs=1e-6), b
+        else:
+            assert bins.confidence[b] is None and bins.accuracy[b] is None, b
+    record = bins.to_dict()
+    assert record["bins"] == 20 and json.loads(json.dumps(record)) == record
+    ece = (0.32 + 0.48 + 0.38 + 0.03) / 4  # |accuracy - confidence| of each one-sample bin
+    assert _binned_ece(record) == pytest.approx(ece, abs=1e-6)
+    assert multiclass_calibration_error(probs, targets, 4, n_bins=20, norm="l1").item() == pytest.approx(
+        ece, abs=1e-6
+    )
+
+
+def test_a_confidence_of_one_counts_in_the_last_bin():
+    probs = torch.tensor([[0.97, 0.01, 0.01, 0.01], [1.0, 0.0, 0.0, 0.0]])
+    bins = reliability(probs, torch.tensor([0, 1]))  # right at 0.97, wrong at 1.0
+    assert bins.count[19] == 2 and sum(bins.count) == 2
+    assert (bins.confidence[19], bins.accuracy[19]) == pytest.approx((0.985, 0.5), abs=1e-6)
+    # torchmetrics counts the 1.0 in an extra bin of its own: (|1 - 0.97| + |0 - 1|) / 2 = 0.515
+    tm = multiclass_calibration_error(probs, torch.tensor([0, 1]), 4, n_bins=20, norm="l1").item()
+    assert tm == pytest.approx(0.515, abs=1e-6)
+    assert _binned_ece(bins.to_dict()) == pytest.approx(0.485, abs=1e-6)  # |0.5 - 0.985|
+
+
+def test_binned_ece_is_torchmetrics_ece_on_random_predictions():
+    g = torch.Generator().manual_seed(4)
+    probs = (2 * torch.randn(500, 5, generator=g)).softmax(1)
+    targets = torch.randint(0, 5, (500,), generator=g)
+    expected = multiclass_calibration_error(probs, targets, 5, n_bins=20, norm="l1").item()
+    assert _binned_ece(reliability(probs, targets).to_dict()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_reliability_is_not_a_metric():
+    from timm_overparam.train.families import METRICS
+
+    assert METRICS == ["top1", "top5", "loss", "ece"]
+    bins = Reliability(count=[1], confidence=[0.5], accuracy=[1.0])
+    assert top.Metrics(0.5, 1.0, 0.7, 0.1) == top.Metrics(0.5, 1.0, 0.7, 0.1, reliability=bins)
+    with pytest.raises(ValueError, match=r"probabilities \(N, C\) and targets \(N,\), got \(3,\) and \(3,\)"):
+        reliability(torch.ones(3), torch.zeros(3))
+    with pytest.raises(ValueError, match="bins must be an integer >= 1, got 0"):
+        reliability(torch.ones(2, 2) / 2, torch.zeros(2), bins=0)
+
+
+def test_results_have_reliability_bins_and_seconds_per_step_also_after_a_resume(tmp_path):
+    run(tmp_path, *FAST, "--epochs", "2", "--experiment", "op")
+    folder = tmp_path / "op"
+    res = run(tmp_path, *FAST, "--epochs", "2", "--resume", str(folder / "checkpoint-1"))  # epoch 1 again
+    times = [float(r["train_step_time"]) for r in rows(folder)]
+    assert len(times) == 2 and min(times) > 0
+    saved = json.loads((folder / "results.json").read_text())
+    assert saved["seconds_per_step"] == res["seconds_per_step"] == pytest.approx(sum(times) / 2, rel=1e-12)
+    assert list(saved["reliability"]) == ["model"]  # the collapsed model, as evaluated
+    bins = saved["reliability"]["model"]
+    assert bins["bins"] == 20 and len(bins["count"]) == len(bins["confidence"]) == len(bins["accuracy"]) == 20
+    assert sum(bins["count"]) == 360  # the digits' validation split
+    assert _binned_ece(bins) == pytest.approx(saved["final"]["ece"], abs=1e-6)
+
+
+def test_subspace_results_have_bins_per_point_and_ensemble(tmp_path):
+    res = run(
+        tmp_path,
+        *FAST[2:],
+        "--model",
+        "test_resnet_line",
+        "--epochs",
+        "1",
+        "--eval-points",
+        "0,1",
+        "--eval-ensembles",
+        "0+1",
+        "--bn-recal-batches",
+        "3",
+        "--experiment",
+        "line",
+    )
+    assert list(res["reliability"]) == ["point0", "point1", "ens0+1"]
+    for name, bins in res["reliability"].items():
+        assert _binned_ece(bins) == pytest.approx(res["final"][f"{name}_ece"], abs=1e-6), name

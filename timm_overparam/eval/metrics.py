@@ -1,13 +1,15 @@
-"""Metrics of a classifier on a loader: top-1/top-5 accuracy, mean cross-entropy, ECE.
+"""Metrics of a classifier on a loader: top-1/top-5 accuracy, mean cross-entropy, ECE and its bins.
 
 Top-k is timm's ``accuracy``; ECE is torchmetrics' ``multiclass_calibration_error`` (L1, 20 equal
-bins), imported when first computed.
+bins), imported when first computed; ``reliability`` bins the predictions the same way, for
+reliability diagrams.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +22,71 @@ ECE_BINS = 20
 
 
 @dataclass(frozen=True)
+class Reliability:
+    """Equal-width confidence bins over [0, 1]: ``count[b]`` predictions whose confidence (top
+    probability) falls in bin ``b``, their mean ``confidence`` and ``accuracy`` (None when empty).
+
+    >>> Reliability(count=[0, 2], confidence=[None, 0.75], accuracy=[None, 0.5]).to_dict()["bins"]
+    2
+    """
+
+    count: list[int]
+    confidence: list[float | None]
+    accuracy: list[float | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``bins`` (their number), ``count``, ``confidence``, ``accuracy``.
+
+        >>> Reliability(count=[1], confidence=[0.5], accuracy=[1.0]).to_dict()
+        {'bins': 1, 'count': [1], 'confidence': [0.5], 'accuracy': [1.0]}
+        """
+        return {
+            "bins": len(self.count),
+            "count": list(self.count),
+            "confidence": list(self.confidence),
+            "accuracy": list(self.accuracy),
+        }
+
+
+def reliability(probs: Tensor, targets: Tensor, bins: int = ECE_BINS) -> Reliability:
+    """The top-label confidences of ``probs`` (N, C) binned as torchmetrics' ECE bins them:
+    ``bins`` equal-width bins ``[b/bins, (b+1)/bins)`` (float32 edges, ``torch.bucketize``), so
+    ``sum(count[b] / N * |accuracy[b] - confidence[b]|)`` is its L1 ECE. A confidence of exactly 1
+    counts in the last bin (torchmetrics counts it in an extra bin of its own, which differs only
+    when such a prediction is wrong and the last bin's accuracy exceeds its confidence).
+
+    >>> probs = torch.tensor([[0.875, 0.125], [0.75, 0.25], [0.375, 0.625], [0.625, 0.375]])
+    >>> reliability(probs, torch.tensor([0, 1, 1, 0]), bins=4)
+    Reliability(count=[0, 0, 2, 2], confidence=[None, None, 0.625, 0.8125], accuracy=[None, None, 1.0, 0.5])
+    """
+    if probs.ndim != 2 or targets.shape != probs.shape[:1]:
+        raise ValueError(
+            f"reliability needs probabilities (N, C) and targets (N,), got {tuple(probs.shape)} and "
+            f"{tuple(targets.shape)}"
+        )
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
+    confidence, predicted = probs.max(1)
+    confidence = confidence.float()  # torchmetrics bins float32 confidences
+    edges = torch.linspace(0, 1, bins + 1, dtype=confidence.dtype, device=confidence.device)
+    index = (torch.bucketize(confidence, edges, right=True) - 1).clamp(0, bins - 1)
+    count = torch.bincount(index, minlength=bins)
+    sums = torch.zeros(2, bins, dtype=torch.float64, device=confidence.device)
+    sums[0].index_add_(0, index, confidence.double())
+    sums[1].index_add_(0, index, predicted.eq(targets).double())
+    means = (sums / count.clamp_min(1)).tolist()
+    empty = (count == 0).tolist()
+    return Reliability(
+        count=count.tolist(),
+        confidence=[None if e else v for e, v in zip(empty, means[0], strict=True)],
+        accuracy=[None if e else v for e, v in zip(empty, means[1], strict=True)],
+    )
+
+
+@dataclass(frozen=True)
 class Metrics:
-    """Top-1 and top-5 accuracy (fractions; top-5 is top-C with C < 5 classes), mean cross-entropy, ECE.
+    """Top-1 and top-5 accuracy (fractions; top-5 is top-C with C < 5 classes), mean cross-entropy, ECE;
+    ``reliability``: the ECE's bins (not a metric: left out of comparisons and the metric names).
 
     >>> Metrics(top1=0.5, top5=1.0, loss=1.04, ece=0.0).top1
     0.5
@@ -31,6 +96,7 @@ class Metrics:
     top5: float
     loss: float
     ece: float
+    reliability: Reliability | None = field(default=None, repr=False, compare=False)
 
 
 def _metrics(probs: Tensor, log_probs: Tensor, targets: Tensor) -> Metrics:
@@ -43,6 +109,7 @@ def _metrics(probs: Tensor, log_probs: Tensor, targets: Tensor) -> Metrics:
         top5=top5.item() / 100,
         loss=F.nll_loss(log_probs, targets).item(),
         ece=float(ece),
+        reliability=reliability(probs, targets),
     )
 
 

@@ -238,11 +238,19 @@ class DataConfig:
         None, "eval batch size", kind="int", flags=("-vb", "--validation-batch-size"), minimum=1
     )
     workers: int = option(0, "data loading processes per process", flags=("-j", "--workers"), minimum=0)
+    train_fraction: float = option(
+        1.0,
+        "keep this fraction of the training split, in (0, 1]: a class-stratified subset drawn with --seed",
+    )
+    label_noise: float = option(
+        0.0, "fraction in [0, 1) of training labels (the first ones) replaced by uniform random labels"
+    )
 
 
 @dataclass
 class EvalConfig:
-    """Which subspace points and ensembles are evaluated, and their BatchNorm recalibration."""
+    """What every evaluation adds (the embeddings' effective rank), and for subspace models which points
+    and ensembles are evaluated, with their BatchNorm recalibration."""
 
     eval_points: str | None = option(
         None, "subspace points to evaluate: 0,0.5,1 (simplex: 1:0:0,0.5:0.5:0)", kind="str"
@@ -250,6 +258,9 @@ class EvalConfig:
     eval_ensembles: str | None = option(None, "ensembles of evaluated points: 0+1,0+0.5+1", kind="str")
     ensemble_average: str = option("logits", "what ensembles average", choices=("logits", "probs"))
     bn_recal_batches: int = option(50, "training batches to recalibrate BatchNorm per point", minimum=1)
+    log_rank: bool = option(
+        False, "add the effective rank of the validation embeddings to every evaluation (erank, rank_entropy)"
+    )
 
 
 @dataclass
@@ -324,7 +335,7 @@ class LoggingConfig:
 
 GROUP_TITLES = {
     "data": "Dataset",
-    "eval": "Subspace evaluation",
+    "eval": "Evaluation (subspace points and ensembles, effective rank)",
     "family": "Subspace training",
     "optim": "Optimizer (timm's create_optimizer_v2)",
     "schedule": "Schedule (timm's create_scheduler_v2)",
@@ -426,6 +437,15 @@ class _Config:
             setattr(self, key, check_value(key, getattr(self, key), dict(f.metadata), where(key), f.default))
         if "dataset" in type(self).keys() and self.dataset is None:
             self.dataset = "" if self.data_dir else DIGITS
+        if not 0 < self.train_fraction <= 1:
+            raise ConfigError(
+                f"{where('train_fraction')} must be in (0, 1] (1 keeps the whole split), "
+                f"got {self.train_fraction!r}"
+            )
+        if not 0 <= self.label_noise < 1:
+            raise ConfigError(
+                f"{where('label_noise')} must be in [0, 1) (0 keeps every label), got {self.label_noise!r}"
+            )
         for key, parse in (("eval_points", parse_points), ("eval_ensembles", parse_ensembles)):
             try:
                 parse(getattr(self, key))

@@ -3,19 +3,24 @@
 ``sklearn/digits`` is the embedded default: scikit-learn's 1,797 8x8 grey-scale handwritten digits
 (10 classes), shipped with the package, so nothing is downloaded. Every other name goes to timm's
 ``create_dataset``: ``torch/cifar10``, ``torch/mnist``, ``hfds/<hub id>``, ``tfds/...``,
-``wds/...``, or an image folder (``''`` or ``folder`` with ``--data-dir``).
+``wds/...``, or an image folder (``''`` or ``folder`` with ``--data-dir``). ``TrainingView`` narrows a
+training split to a class-stratified fraction and replaces the labels of its first samples by random
+ones (``--train-fraction``, ``--label-noise``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_dataset, create_transform, resolve_data_config
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from timm_overparam.train.config import DIGITS
@@ -103,15 +108,134 @@ def open_dataset(name: str, root: str | None, split: str, *, download: bool = Fa
     return dataset
 
 
+def class_names(dataset: Dataset) -> list[str] | None:
+    """The class names of a dataset in label order (its ``classes``, or its timm reader's
+    ``class_to_idx``), or None when it names none.
+
+    >>> class_names(DigitsDataset("validation"))[:3]
+    ['0', '1', '2']
+    """
+    classes = getattr(dataset, "classes", None)
+    if classes is None:
+        mapping = getattr(getattr(dataset, "reader", None), "class_to_idx", None)
+        classes = None if mapping is None else sorted(mapping, key=mapping.__getitem__)
+    return None if classes is None else [str(c) for c in classes]
+
+
+def dataset_labels(dataset: Dataset) -> list[int]:
+    """The label of every item, in order: the dataset's ``targets`` (digits, torchvision), its timm
+    reader's ``samples`` or ``targets``, else each item read once.
+
+    >>> dataset_labels(DigitsDataset("validation"))[:5]
+    [1, 4, 8, 6, 5]
+    """
+    targets = None
+    if getattr(dataset, "target_transform", None) is None:  # else the stored labels are not the items'
+        reader = getattr(dataset, "reader", None)
+        targets = getattr(dataset, "targets", None)
+        if targets is None and getattr(reader, "samples", None) is not None:
+            targets = [target for _, target in reader.samples]
+        if targets is None:
+            targets = getattr(reader, "targets", None)
+    if targets is None:
+        targets = [dataset[i][1] for i in range(len(dataset))]
+    return [int(t) for t in (targets.tolist() if isinstance(targets, Tensor) else targets)]
+
+
+def stratified_counts(counts: Sequence[int], fraction: float) -> list[int]:
+    """How many samples of each class a stratified ``fraction`` keeps (largest-remainder rounding).
+
+    Class ``c``'s quota is ``fraction * counts[c]``, computed exactly (the fraction as written,
+    ``0.1`` is 1/10). Every class keeps the integer part of its quota; the
+    ``round(fraction * sum(counts))`` minus those go one each to the classes with the largest
+    fractional parts, the lower class index first on ties. So the subset has
+    ``round(fraction * N)`` samples and each class the floor or the ceiling of its quota.
+
+    >>> stratified_counts([3, 3, 4], 0.5)  # quotas 1.5, 1.5, 2: one spare sample, the tie to class 0
+    [2, 1, 2]
+    """
+    share = Fraction(repr(float(fraction)))
+    quotas = [share * n for n in counts]
+    kept = [int(q) for q in quotas]
+    spare = round(share * sum(counts)) - sum(kept)
+    by_remainder = sorted(range(len(counts)), key=lambda c: (-(quotas[c] - kept[c]), c))
+    for c in by_remainder[:spare]:
+        kept[c] += 1
+    return kept
+
+
+class TrainingView(Dataset):
+    """A training split narrowed to a class-stratified ``fraction`` (``stratified_counts``, the samples
+    of each class drawn with ``seed``; kept in the dataset's order), where the first ``round(noise * N)``
+    samples of a random order drawn with ``seed`` get labels drawn uniformly from the classes (the
+    subspace paper's rule on a shuffled split; a drawn label may be the true one). Items are ``(image, label)``; ``targets`` are the view's labels, ``indices``
+    its items' positions in the wrapped dataset. Assigning ``transform`` sets the wrapped dataset's.
+
+    >>> view = TrainingView(DigitsDataset("train"), fraction=0.1, noise=0.5, seed=0)
+    >>> len(view), len(view.classes), view.indices[:3]
+    (144, 10, [9, 11, 39])
+    """
+
+    def __init__(self, dataset: Dataset, *, fraction: float = 1.0, noise: float = 0.0, seed: int = 0) -> None:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"the training fraction must be in (0, 1], got {fraction!r}")
+        if not 0 <= noise < 1:
+            raise ValueError(f"the label noise must be in [0, 1), got {noise!r}")
+        classes = class_names(dataset)
+        if classes is None:
+            raise ValueError(
+                "cannot tell the classes of the training set, which --train-fraction and --label-noise need: "
+                "use a dataset that names its classes (classes, or a timm reader's class_to_idx)"
+            )
+        labels = dataset_labels(dataset)
+        bad = [t for t in labels if not 0 <= t < len(classes)]
+        if bad:
+            raise ValueError(f"the training set has the label {bad[0]}, outside its {len(classes)} classes")
+        members: list[list[int]] = [[] for _ in classes]  # each class's positions, in order
+        for i, t in enumerate(labels):
+            members[t].append(i)
+        kept = stratified_counts([len(m) for m in members], fraction)
+        for c, (n, k) in enumerate(zip(map(len, members), kept, strict=True)):
+            if n and not k:
+                raise ValueError(
+                    f"--train-fraction {fraction} keeps no sample of class {classes[c]!r} ({n} in the "
+                    f"training split): at least one per class must remain; use a fraction >= {1 / n:.3g}"
+                )
+        generator = torch.Generator().manual_seed(seed)
+        indices: list[int] = []
+        for m, k in zip(members, kept, strict=True):
+            indices += [m[j] for j in torch.randperm(len(m), generator=generator)[:k].tolist()]
+        self.dataset, self.classes, self.indices = dataset, classes, sorted(indices)
+        self.targets = [labels[i] for i in self.indices]
+        noisy = round(Fraction(repr(float(noise))) * len(self.targets))
+        generator = torch.Generator().manual_seed(seed)
+        chosen = torch.randperm(len(self.targets), generator=generator)[:noisy].tolist()
+        drawn = torch.randint(len(classes), (noisy,), generator=generator).tolist()
+        for i, label in zip(chosen, drawn, strict=True):
+            self.targets[i] = label
+
+    @property
+    def transform(self) -> Any:
+        """The wrapped dataset's transform (assigning it sets theirs)."""
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, value: Any) -> None:
+        self.dataset.transform = value
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.dataset[self.indices[i]][0], self.targets[i]
+
+
 def describe(dataset: Dataset) -> DataInfo:
     """Number of classes and channels of a dataset whose items are (PIL image, label)."""
     image = dataset[0][0]
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected PIL images from the dataset, got {type(image).__name__}")
-    classes = getattr(dataset, "classes", None)
-    if classes is None:
-        reader = getattr(dataset, "reader", None)
-        classes = getattr(reader, "class_to_idx", None)
+    classes = class_names(dataset)
     if classes is None:
         raise ValueError("cannot tell the number of classes of the dataset: pass --num-classes")
     bands = (

@@ -7,6 +7,10 @@
   exports ``point-<p>.safetensors`` with each point's statistics;
 - ``PlainFamily``: any other timm model, evaluated and kept as it is.
 
+With ``--log-rank`` every evaluated model (not ensembles) also reports the effective rank of its
+validation embeddings (``erank``, ``rank_entropy``; ``eval/rank.py``). ``reliability(detail)`` gives
+the reliability bins of the latest evaluation (``results.json``).
+
 The training loop (``train/loop.py``) calls ``loss``, ``evaluate`` and ``export`` and never asks
 which family it runs. A family reads from the run (``run.val_loader``, ``run.acc``,
 ``run.criterion``, ``run.bn_loader(epoch)``) and never changes the model it evaluates.
@@ -15,25 +19,29 @@ which family it runs. A family reads from the run (``run.val_loader``, ``run.acc
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, fields
+from collections.abc import Iterable
+from dataclasses import fields
 from typing import Any
 
 import torch
 from timm.utils import reparameterize_model
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from timm_overparam.core.modes import preserve_modes
 from timm_overparam.core.numerics import rel_err
 from timm_overparam.core.weights import save_weights
-from timm_overparam.eval.metrics import Metrics, evaluate_model
-from timm_overparam.eval.points import evaluate_points
+from timm_overparam.eval.metrics import Gather, Metrics, evaluate_model
+from timm_overparam.eval.points import SubspaceResults, evaluate_points
+from timm_overparam.eval.rank import embedding_rank
 from timm_overparam.expand.convert import collapse, is_expanded
 from timm_overparam.subspace.parametrization import SubspaceConfig, coefficients
-from timm_overparam.subspace.points import extract_point, sampled_loss
+from timm_overparam.subspace.points import at_point, extract_point, sampled_loss
 from timm_overparam.subspace.regularizer import subspace_regularizer
 from timm_overparam.train.config import parse_ensembles, parse_points
 
-METRICS = [f.name for f in fields(Metrics)]  # what every evaluation reports
+METRICS = [f.name for f in fields(Metrics) if f.name != "reliability"]  # what every evaluation reports
+RANK_METRICS = ["rank_entropy", "erank"]  # with --log-rank, of every evaluated model (not ensembles)
 
 
 def point_name(point: Any) -> str:
@@ -45,6 +53,15 @@ def point_name(point: Any) -> str:
     return (
         "_".join(f"{float(t):g}" for t in point) if isinstance(point, (tuple, list)) else f"{float(point):g}"
     )
+
+
+def ensemble_name(members: Any) -> str:
+    """An ensemble's key in metric names and records: ``ens`` and its members' names joined by ``+``.
+
+    >>> ensemble_name([0.0, 1.0])
+    'ens0+1'
+    """
+    return "ens" + "+".join(point_name(p) for p in members)
 
 
 def default_points(model: nn.Module) -> list[Any]:
@@ -81,8 +98,26 @@ def check_points(config: SubspaceConfig, points: list[Any], ensembles: list[list
 
 
 def flat(metrics: Metrics, prefix: str = "") -> dict[str, float]:
-    """Metrics as a flat dict with ``prefix`` on every key."""
-    return {f"{prefix}{k}": v for k, v in asdict(metrics).items()}
+    """The scalar metrics as a flat dict with ``prefix`` on every key.
+
+    >>> flat(Metrics(top1=0.5, top5=1.0, loss=0.7, ece=0.1), "point0_")["point0_top1"]
+    0.5
+    """
+    return {f"{prefix}{k}": getattr(metrics, k) for k in METRICS}
+
+
+def rank_metrics(model: nn.Module, loader: Iterable, gather: Gather | None) -> dict[str, float]:
+    """``rank_entropy`` and ``erank`` of ``model``'s embeddings on ``loader`` (``eval.rank.embedding_rank``).
+
+    This is a pass over the data of its own, not shared with the logits pass: the logits are not
+    ``get_classifier()`` of the pre-logits embeddings for every timm model (distilled ViTs average
+    two heads, for one), and sharing it would change ``eval/points.py`` for every subspace point;
+    the extra pass runs only with ``--log-rank``.
+
+    Example: ``rank_metrics(model, val_loader, None)["erank"]``
+    """
+    rank = embedding_rank(model, loader, gather)
+    return {"rank_entropy": rank.entropy, "erank": rank.erank}
 
 
 def timm_record(metrics: Metrics) -> dict[str, float]:
@@ -131,15 +166,29 @@ class PlainFamily:
 
     def metric_names(self) -> list[str]:
         """The metrics ``evaluate`` reports."""
-        return list(METRICS)
+        return METRICS + self.rank_names()
+
+    def rank_names(self) -> list[str]:
+        """``RANK_METRICS`` with ``--log-rank``, else none."""
+        return list(RANK_METRICS) if self.config.log_rank else []
 
     def loss(self, run: Any, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """The training loss of a batch (``model`` is the prepared, possibly wrapped, model)."""
         return run.criterion(model(x), y)
 
     def evaluate(self, run: Any, model: nn.Module, epoch: int) -> tuple[dict[str, float], Any]:
-        """Metrics of ``model`` (unwrapped; never changed) and what ``export`` needs of them."""
-        return flat(evaluate_model(model, run.val_loader, run.acc.gather_for_metrics)), None
+        """Metrics of ``model`` (unwrapped; never changed) and what ``export`` and ``reliability``
+        need of them (here the ``Metrics``)."""
+        gather = run.acc.gather_for_metrics
+        result = evaluate_model(model, run.val_loader, gather)
+        metrics = flat(result)
+        if self.config.log_rank:
+            metrics |= rank_metrics(model, run.val_loader, gather)
+        return metrics, result
+
+    def reliability(self, detail: Any) -> dict[str, dict[str, Any]]:
+        """The reliability bins of the evaluation that gave ``detail``, by name (here ``model``)."""
+        return {"model": detail.reliability.to_dict()}
 
     def export(self, run: Any, model: nn.Module, metrics: dict[str, float], detail: Any) -> dict[str, Any]:
         """Write the stock-timm exports (main process); returns the extra results fields (``exports``)."""
@@ -151,7 +200,10 @@ class PlainFamily:
         stock = self.stock(model)
         if getattr(self.config, "reparam", False):
             stock = reparameterize_model(stock)
-        return timm_record(evaluate_model(stock, val_loader, gather)) | {"param_count": _millions(stock)}
+        record = timm_record(evaluate_model(stock, val_loader, gather)) | {"param_count": _millions(stock)}
+        if self.config.log_rank:
+            record |= rank_metrics(stock, val_loader, gather)
+        return record
 
 
 class OpFamily(PlainFamily):
@@ -167,13 +219,13 @@ class OpFamily(PlainFamily):
         return collapse(model)
 
     def metric_names(self) -> list[str]:
-        return [*METRICS, "collapse_rel_err"]
+        return [*METRICS, *self.rank_names(), "collapse_rel_err"]
 
     def evaluate(self, run: Any, model: nn.Module, epoch: int) -> tuple[dict[str, float], Any]:
         plain = collapse(model)
-        metrics = flat(evaluate_model(plain, run.val_loader, run.acc.gather_for_metrics))
+        metrics, result = super().evaluate(run, plain, epoch)
         metrics["collapse_rel_err"] = self.check_collapse(run, model, plain, epoch)
-        return metrics, None
+        return metrics, result
 
     @torch.no_grad()
     def check_collapse(self, run: Any, expanded: nn.Module, plain: nn.Module, epoch: int) -> float:
@@ -235,9 +287,9 @@ class SubspaceFamily(PlainFamily):
         return extract_point(model, self.points[0])
 
     def metric_names(self) -> list[str]:
-        names = list(METRICS)
-        names += [f"point{point_name(p)}_{k}" for p in self.points for k in METRICS]
-        names += [f"ens{'+'.join(point_name(p) for p in e)}_{k}" for e in self.ensembles for k in METRICS]
+        names = METRICS + self.rank_names()
+        names += [f"point{point_name(p)}_{k}" for p in self.points for k in METRICS + self.rank_names()]
+        names += [f"{ensemble_name(e)}_{k}" for e in self.ensembles for k in METRICS]
         return names
 
     def loss(self, run: Any, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -247,6 +299,7 @@ class SubspaceFamily(PlainFamily):
         return loss
 
     def evaluate(self, run: Any, model: nn.Module, epoch: int) -> tuple[dict[str, float], Any]:
+        gather = run.acc.gather_for_metrics
         res = evaluate_points(
             model,
             run.val_loader,
@@ -255,14 +308,36 @@ class SubspaceFamily(PlainFamily):
             bn_loader=run.bn_loader(epoch),
             bn_batches=self.config.bn_recal_batches,
             average=self.config.ensemble_average,
-            gather=run.acc.gather_for_metrics,
+            gather=gather,
         )
-        metrics = {k: sum(getattr(m, k) for m in res.metrics) / len(res.metrics) for k in METRICS}
-        for p, m in zip(res.points, res.metrics, strict=True):
-            metrics |= flat(m, f"point{point_name(p)}_")
+        points = [
+            flat(m) | self.point_rank(model, res, i, run.val_loader, gather)
+            for i, m in enumerate(res.metrics)
+        ]
+        metrics = {k: sum(m[k] for m in points) / len(points) for k in points[0]}
+        for p, m in zip(res.points, points, strict=True):
+            metrics |= {f"point{point_name(p)}_{k}": v for k, v in m.items()}
         for e, m in zip(res.ensembles, res.ensemble_metrics, strict=True):
-            metrics |= flat(m, f"ens{'+'.join(point_name(p) for p in e)}_")
+            metrics |= flat(m, f"{ensemble_name(e)}_")
         return metrics, res
+
+    def point_rank(
+        self, model: nn.Module, res: SubspaceResults, i: int, loader: Iterable, gather: Gather | None
+    ) -> dict[str, float]:
+        """``rank_metrics`` of point ``i`` of ``res`` with the BatchNorm statistics it was evaluated
+        with (none without ``--log-rank``); the model is restored afterwards."""
+        if not self.config.log_rank:
+            return {}
+        with at_point(model, res.points[i], res.bn_stats[i] if res.bn_stats else None), parametrize.cached():
+            return rank_metrics(model, loader, gather)
+
+    def reliability(self, detail: Any) -> dict[str, dict[str, Any]]:
+        """The bins of every point (``point0.5``) and ensemble (``ens0+1``) of the evaluation ``detail``."""
+        named = [(f"point{point_name(p)}", m) for p, m in zip(detail.points, detail.metrics, strict=True)]
+        named += [
+            (ensemble_name(e), m) for e, m in zip(detail.ensembles, detail.ensemble_metrics, strict=True)
+        ]
+        return {name: m.reliability.to_dict() for name, m in named}
 
     def export(self, run: Any, model: nn.Module, metrics: dict[str, float], detail: Any) -> dict[str, Any]:
         exports = []
@@ -283,13 +358,15 @@ class SubspaceFamily(PlainFamily):
             average=self.config.ensemble_average,
             gather=gather,
         )
+        points = [
+            {"point": p} | timm_record(m) | self.point_rank(model, res, i, val_loader, gather)
+            for i, (p, m) in enumerate(zip(res.points, res.metrics, strict=True))
+        ]
         return (
-            timm_record(res.metrics[0])
+            {k: v for k, v in points[0].items() if k != "point"}
             | {"point": res.points[0]}
             | {
-                "points": [
-                    {"point": p} | timm_record(m) for p, m in zip(res.points, res.metrics, strict=True)
-                ],
+                "points": points,
                 "ensembles": [
                     {"members": list(e)} | timm_record(m)
                     for e, m in zip(res.ensembles, res.ensemble_metrics, strict=True)

@@ -47,6 +47,7 @@ from timm_overparam.train.config import TrainConfig, load_callback, mixed_precis
 from timm_overparam.train.data import (
     DIGITS,
     DataInfo,
+    TrainingView,
     data_config,
     describe,
     loader,
@@ -123,10 +124,15 @@ def check_pretrained_file(model: nn.Module, path: str) -> None:
 
 
 def open_data(args: Any) -> tuple[Any, Any, DataInfo]:
-    """Train and validation datasets (without transforms yet) and their classes/channels."""
+    """Train and validation datasets (without transforms yet) and their classes/channels; the train
+    set is a ``TrainingView`` with ``--train-fraction`` < 1 or ``--label-noise`` > 0."""
     train_set = open_dataset(
         args.dataset, args.data_dir, args.train_split, download=args.dataset_download, train=True
     )
+    if args.train_fraction < 1 or args.label_noise > 0:
+        train_set = TrainingView(
+            train_set, fraction=args.train_fraction, noise=args.label_noise, seed=args.seed
+        )
     val_set = open_dataset(
         args.dataset, args.data_dir, args.val_split, download=args.dataset_download, train=False
     )
@@ -315,7 +321,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ training
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the training data; returns the mean loss over every process."""
+        """One pass over the training data; returns the mean ``loss`` over every process and
+        ``step_time``, this process's wall seconds of the pass per optimizer update."""
         cfg, acc, model = self.config, self.acc, self.model
         model.train()
         self.epoch = epoch
@@ -324,6 +331,7 @@ class Trainer:
         bar = tqdm(
             self.train_loader, desc=f"epoch {epoch}", disable=not acc.is_local_main_process, leave=False
         )
+        start, steps = time.perf_counter(), self.step
         for i, (x, y) in enumerate(bar):
             with acc.accumulate(model):
                 loss = self.family.loss(self, model, x, y)
@@ -346,8 +354,9 @@ class Trainer:
             count += len(x)
             if i % cfg.log_interval == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
+        seconds = time.perf_counter() - start  # at least one update: accelerate syncs at the loader's end
         loss_sum = acc.reduce(torch.stack([total, torch.tensor(float(count), device=acc.device)]), "sum")
-        return {"loss": (loss_sum[0] / loss_sum[1]).item()}
+        return {"loss": (loss_sum[0] / loss_sum[1]).item(), "step_time": seconds / (self.step - steps)}
 
     # ---------------------------------------------------------------------------------- evaluation
     def bn_loader(self, epoch: int) -> Iterable:
@@ -418,7 +427,11 @@ class Trainer:
             state.model_kwargs = dict(cfg.model_kwargs)
             self.checkpoints.save(state, self.ema.module if self.ema else None, self.callbacks.state())
             acc.log(
-                {"train_loss": train["loss"], "lr": lr, **{f"eval_{k}": v for k, v in metrics.items()}},
+                {
+                    **{f"train_{k}": v for k, v in train.items()},
+                    "lr": lr,
+                    **{f"eval_{k}": v for k, v in metrics.items()},
+                },
                 step=epoch,
             )
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "_" not in k)
@@ -445,6 +458,8 @@ class Trainer:
             "best_epoch": best_epoch,
             "final": metrics,
             "param_count": sum(p.numel() for p in model.parameters()),
+            "seconds_per_step": self.seconds_per_step(),
+            "reliability": self.family.reliability(self.detail),
         }
         results |= self.family.export(self, model, metrics, self.detail)
         results["exports"] = [str(p) for p in results["exports"]]
@@ -452,6 +467,17 @@ class Trainer:
             write_text_atomic(self.folder / "results.json", json.dumps(results, indent=2))
         self.acc.wait_for_everyone()
         return results
+
+    def seconds_per_step(self) -> float:
+        """The mean ``train_step_time`` over the rows of ``summary.csv`` (every epoch of the run, those
+        before a resume included), read by the main process and sent to every process."""
+        answer: list[Any] = [None]
+        if self.acc.is_main_process:
+            with open(self.folder / "summary.csv", newline="") as f:
+                times = [float(row["train_step_time"]) for row in csv.DictReader(f)]
+            answer[0] = sum(times) / len(times)
+        broadcast_object_list(answer)
+        return answer[0]
 
     # ------------------------------------------------------------------------------- messages
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:

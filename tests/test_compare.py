@@ -17,7 +17,7 @@ from scipy import stats
 
 from timm_overparam.compare import main
 from timm_overparam.sweep.report import compare, pool_reliability
-from timm_overparam.sweep.runs import Run, find_runs, read_api_runs, read_runs
+from timm_overparam.sweep.runs import Run, find_runs, read_api_runs, read_runs, split_points
 from timm_overparam.sweep.stats import compare_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -412,3 +412,33 @@ def test_command_line(sweep, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         main([str(sweep), "--metric", "top9"])
     assert exit.value.code == 2 and "error: --metric 'top9': no run has it" in capsys.readouterr().err
+
+
+def test_points_pair_a_line_with_standard_runs(tmp_path):
+    """--points: each line run counts once per point and ensemble, paired with standard runs by seed."""
+    for seed, (top1, p0, mid, ens) in enumerate([(0.90, 0.89, 0.93, 0.94), (0.92, 0.90, 0.93, 0.95)]):
+        standard = {"final": {"top1": top1}, "reliability": {"model": {"count": [1]}}}
+        rows = [{"epoch": 0, "train_loss": 1.0, "eval_top1": top1, "lr": 0.1}]
+        write_run(tmp_path / "std" / str(seed), {"model": "net", "seed": seed}, rows, standard)
+        final = {"top1": (p0 + mid) / 2, "point0_top1": p0, "point0.5_top1": mid, "ens0+0.5_top1": ens}
+        line = {"final": final, "reliability": {"point0.5": {"count": [2]}}}
+        row = {
+            "epoch": 0,
+            "train_loss": 2.0,
+            "eval_top1": final["top1"],
+            "eval_point0.5_top1": mid,
+            "lr": 0.1,
+        }
+        write_run(tmp_path / "line" / str(seed), {"model": "net_line", "seed": seed}, [row], line)
+    runs = split_points(find_runs(tmp_path))
+    mid_runs = [r for r in runs if r.config["model"] == "net_line@0.5"]
+    assert [r.final for r in mid_runs] == [{"top1": 0.93}, {"top1": 0.93}]
+    assert mid_runs[0].history == [{"epoch": 0, "train_loss": 2.0, "top1": 0.93}]
+    assert mid_runs[0].reliability == {"model": {"count": [2]}}
+    assert [r.reliability for r in runs if r.config["model"] == "net_line@0"] == [{}, {}]
+    groups = by_label(compare_runs(runs, ["model"], "top1"))
+    assert list(groups) == ["net", "net_line@0", "net_line@0.5", "net_line@ens0+0.5"]
+    assert groups["net_line@0.5"].paired.mean == pytest.approx(0.02)  # 0.03 and 0.01
+    assert groups["net_line@ens0+0.5"].paired.mean == pytest.approx(0.035)  # 0.04 and 0.03
+    text = compare([tmp_path], points=True)
+    assert "net_line@0.5" in text and "net_line " not in text

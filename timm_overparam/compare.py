@@ -73,6 +73,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--x", metavar="KEY", help="plot the metric against this config key (numeric: a line per series)"
     )
+    p.add_argument(
+        "--points",
+        action="store_true",
+        help="a subspace run counts once per evaluated point and ensemble, as model@point (e.g. "
+        "resnet18_line@0.5), to compare and pair points with standard runs",
+    )
     p.add_argument("--out", metavar="DIR", help="write comparison.md, comparison.csv and the figures here")
     return p
 
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed_key=args.seed_key,
                 include_unfinished=args.include_unfinished,
                 x=args.x,
+                points=args.points,
                 out=args.out,
             ),
             end="",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from timm_overparam.core.atomic import atomic_path, write_text_atomic
-from timm_overparam.sweep.runs import Run, read_runs
+from timm_overparam.sweep.runs import Run, read_runs, split_points
 from timm_overparam.sweep.stats import (
     RANK_METRICS,
     Comparison,
@@ -70,14 +70,18 @@ def compare(
     seed_key: str = "seed",
     include_unfinished: bool = False,
     x: str | None = None,
+    points: bool = False,
     out: str | os.PathLike | None = None,
 ) -> str:
     """Compare the runs under ``paths`` and/or of the wandb project ``wandb``; write the report into
     ``out`` if given; returns the text for the terminal (the table, the notes, the files written).
+    ``points``: each subspace run counts once per evaluated point and ensemble (``split_points``).
 
     Example: ``print(compare(["output/sweeps/digits_depth"], group_by=["model"], out="report"))``
     """
     runs = read_runs(paths, wandb=wandb, sweep=sweep, api=api)
+    if points:
+        runs = split_points(runs)
     comparison = compare_runs(runs, group_by, metric, which, baseline, seed_key, filters, include_unfinished)
     if x is not None:
         _x_positions(comparison, x)  # a bad --x is an error before anything is written
@@ -95,6 +99,7 @@ def compare(
             seed_key,
             include_unfinished,
             x,
+            points,
             out,
         )
         files = write_report(comparison, out, command, x)
@@ -114,6 +119,7 @@ def _command(
     seed_key: str,
     include_unfinished: bool,
     x: str | None,
+    points: bool,
     out: Any,
 ) -> str:
     """The command line that makes this report again."""
@@ -131,6 +137,8 @@ def _command(
         args += ["--seed-key", seed_key]
     if include_unfinished:
         args.append("--include-unfinished")
+    if points:
+        args.append("--points")
     return shlex.join([*args, "--out", str(out)])
 
 

@@ -18,17 +18,26 @@ import csv
 import json
 import math
 import os
+import re
 import statistics
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["Run", "find_runs", "read_api_runs", "read_folder_run", "read_runs", "read_wandb_folder"]
+__all__ = [
+    "Run",
+    "find_runs",
+    "read_api_runs",
+    "read_folder_run",
+    "read_runs",
+    "read_wandb_folder",
+    "split_points",
+]
 
 LOWER_IS_BETTER = ("loss", "ece")  # as in train/loop.py's DECREASING: the run's best epoch minimises these
 NOT_METRICS = ("epoch", "lr")  # history columns that are not evaluation metrics (nor are train_*)
@@ -369,6 +378,47 @@ def _logged_run(
         param_count_stock=stock,
         seconds_per_step=summary.get("seconds_per_step", _mean_step_time(history)),
     )
+
+
+# ------------------------------------------------------------------------------------ subspace points
+_POINT = re.compile(r"(point[^_]+|ens[^_]+)_(.+)")
+
+
+def split_points(runs: Sequence[Run]) -> list[Run]:
+    """Each subspace run as one run per evaluated point and ensemble, its ``model`` named
+    ``<model>@<point>`` (``resnet18_line@0.5``, ``resnet18_line@ens0+1``) and that point's metrics,
+    history and reliability bins under the plain names, so points compare and pair with standard
+    runs; other runs unchanged.
+
+    >>> line = Run("a", "folder", "a", {"model": "m_line"}, {"top1": 0.8, "point0_top1": 0.7, "ens0+1_top1": 0.9})
+    >>> [(r.config["model"], r.final) for r in split_points([line])]
+    [('m_line@0', {'top1': 0.7}), ('m_line@ens0+1', {'top1': 0.9})]
+    """
+    out: list[Run] = []
+    for run in runs:
+        names = sorted({m[1] for k in run.final if (m := _POINT.fullmatch(k))}, key=_natural)
+        if not names:
+            out.append(run)
+            continue
+        for name in names:
+            final, history = _at(run.final, name), [_at(row, name, keep=("epoch",)) for row in run.history]
+            tag = name.removeprefix("point")
+            config = {**run.config, "model": f"{run.config.get('model')}@{tag}"}
+            reliability = {"model": run.reliability[name]} if name in run.reliability else {}
+            out.append(replace(run, config=config, final=final, history=history, reliability=reliability))
+    return out
+
+
+def _at(values: dict[str, float], name: str, keep: tuple[str, ...] = ()) -> dict[str, float]:
+    """The entries of ``values`` that belong to the point ``name`` (prefix dropped), and ``keep``."""
+    picked = {k: v for k, v in values.items() if k in keep or k.startswith("train_")}
+    return picked | {k[len(name) + 1 :]: v for k, v in values.items() if k.startswith(f"{name}_")}
+
+
+def _natural(text: str) -> tuple:
+    """Points in order: ``point0 < point0.5 < point1 < ens...``."""
+    number = re.fullmatch(r"point(-?\d+(?:\.\d+)?)", text)
+    return (0, float(number[1]), text) if number else (1, 0.0, text)
 
 
 # -------------------------------------------------------------------------------------------- shared

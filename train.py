@@ -21,10 +21,11 @@ def _wandb_requested(argv: list[str]) -> bool:
     """
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("-c", "--config", default="")
-    parser.add_argument("--log-wandb", action="store_true")
+    parser.add_argument("--log-wandb", "--log_wandb", nargs="?", const="true", default="false")  # =True too
     known, _ = parser.parse_known_args(argv)
-    if known.log_wandb or not known.config:
-        return known.log_wandb
+    requested = known.log_wandb.lower() not in ("false", "no", "0", "off")  # a bad value: the parse says so
+    if requested or not known.config:
+        return requested
     try:
         with open(known.config) as f:
             values = yaml.safe_load(f)

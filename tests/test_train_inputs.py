@@ -129,15 +129,19 @@ def test_wandb_is_requested_by_every_form_of_the_config_flag(tmp_path):
         [f"--config={tmp_path / 'on.yaml'}"],
         [f"-c{tmp_path / 'on.yaml'}"],
         ["--log-wandb"],
+        ["--log-wandb=True"],  # wandb's ${args} form
+        ["--log_wandb=true"],
         ["-c", str(tmp_path / "off.yaml")],
         [],
+        ["--log-wandb=False"],
+        ["--log_wandb", "no"],
     ]
     code = (
         "import runpy, sys; ns = runpy.run_path('train.py', run_name='probe'); "
         f"print([ns['_wandb_requested'](argv) for argv in {forms!r}])"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.split("\n")[-2] == "[True, True, True, True, False, False]"
+    assert out.stdout.split("\n")[-2] == "[True, True, True, True, True, True, False, False, False, False]"
 
 
 def test_validate_checks_its_results_file_and_points_before_evaluating(tmp_path, monkeypatch):

@@ -7,11 +7,16 @@ families' ``--subspace-beta --layerwise --num-samples --eval-points --eval-ensem
 file (keys are flag names with underscores); an unknown key or a bad value is an error that names
 it. This is the only module that imports argparse: ``parse_args`` returns the config object that
 ``train``/``validate`` take.
+
+What a wandb sweep agent writes is read as well: every long flag also takes its underscore spelling
+(``--batch_size=64``, wandb parameter names are often the config keys), and a boolean flag takes an
+explicit value (``--amp=True``, ``--amp false``; ``--amp`` alone still means true, ``--no-x`` stays).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +30,8 @@ from timm_overparam.train.config import (
 )
 
 __all__ = [
+    "BoolFlag",
+    "FlagParser",
     "KeyValues",
     "parse_args",
     "read_config",
@@ -50,6 +57,73 @@ class KeyValues(ParseKwargs):
         super().__call__(parser, namespace, values, option)
 
 
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+class BoolFlag(argparse.Action):
+    """A boolean flag that also takes a value: ``--amp`` and ``--amp=True`` set it, ``--amp=false``
+    clears it, and with ``negatable=True`` so does ``--no-amp``. Values: true/false, yes/no, 1/0.
+
+    >>> p = argparse.ArgumentParser()
+    >>> _ = p.add_argument("--amp", action=BoolFlag, negatable=True, default=False)
+    >>> [p.parse_args(a).amp for a in (["--amp"], ["--amp=False"], ["--amp", "yes"], ["--no-amp"])]
+    [True, False, True, False]
+    """
+
+    def __init__(
+        self, option_strings: Sequence[str], dest: str, negatable: bool = False, **kwargs: Any
+    ) -> None:
+        self.negatives = [f"--no-{o[2:]}" for o in option_strings if o.startswith("--")] if negatable else []
+        super().__init__([*option_strings, *self.negatives], dest, nargs="?", metavar="BOOL", **kwargs)
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
+    ) -> None:
+        if option in self.negatives:
+            if values is not None:
+                parser.error(f"{option} takes no value (got {values!r}): write {option} alone")
+            setattr(namespace, self.dest, False)
+        elif values is None:
+            setattr(namespace, self.dest, True)
+        elif values.lower() in _TRUE + _FALSE:
+            setattr(namespace, self.dest, values.lower() in _TRUE)
+        else:
+            parser.error(f"{option}: {values!r} is not a boolean; use true or false (or yes/no, 1/0)")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help lines of boolean flags as ``--amp[=BOOL]`` (and a bare ``--no-amp``)."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, BoolFlag):
+            return ", ".join(o if o in action.negatives else f"{o}[=BOOL]" for o in action.option_strings)
+        return super()._format_action_invocation(action)
+
+
+class FlagParser(argparse.ArgumentParser):
+    """argparse with the underscore spelling of every long flag: ``--batch_size`` is ``--batch-size``.
+
+    >>> p = FlagParser()
+    >>> _ = p.add_argument("--batch-size", type=int)
+    >>> p.parse_args(["--batch_size=8"]).batch_size
+    8
+    """
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        return super().parse_known_args(self._dashed(sys.argv[1:] if args is None else args), namespace)
+
+    def _dashed(self, args: Sequence[str]) -> list[str]:
+        out = list(args)
+        for i, arg in enumerate(out):
+            if arg == "--":
+                break
+            name, eq, value = arg.partition("=")
+            dashed = name.replace("_", "-")
+            if name.startswith("--") and dashed != name and dashed in self._option_string_actions:
+                out[i] = dashed + eq + value
+        return out
+
+
 def _add_flag(group: Any, key: str, f: Any) -> None:
     """One argparse flag for the config field ``f`` (its metadata says how)."""
     meta = f.metadata
@@ -58,7 +132,7 @@ def _add_flag(group: Any, key: str, f: Any) -> None:
     flags = meta["flags"] or (flag_name(key),)
     kind = meta["kind"]
     if kind == "bool":
-        kwargs["action"] = argparse.BooleanOptionalAction if meta["negatable"] else "store_true"
+        kwargs |= dict(action=BoolFlag, negatable=meta["negatable"])
     elif kind == "kwargs":
         kwargs |= dict(nargs="*", action=KeyValues)
     elif kind == "callbacks":
@@ -77,9 +151,7 @@ def config_parser(config_class: type) -> argparse.ArgumentParser:
     >>> config_parser(TrainConfig).parse_args(["--epochs", "2"]).epochs
     2
     """
-    parser = argparse.ArgumentParser(
-        description=_DESCRIPTIONS.get(config_class), formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = FlagParser(description=_DESCRIPTIONS.get(config_class), formatter_class=_Formatter)
     parser.set_defaults(_config_class=config_class)
     groups: dict[str | None, Any] = {None: parser}
     for key, (group, f) in config_class.keys().items():

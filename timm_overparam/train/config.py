@@ -329,7 +329,9 @@ class LoggingConfig:
     experiment: str = option("", "experiment folder name (default: date-model-size)")
     eval_metric: str = option("top1", "metric that picks 'best' (e.g. top1, loss)")
     log_wandb: bool = option(False, "log to wandb through accelerate's trackers")
-    wandb_project: str | None = option(None, "wandb project (default: timm_overparam)", kind="str")
+    wandb_project: str | None = option(
+        None, "wandb project (default: $WANDB_PROJECT, else timm_overparam)", kind="str"
+    )
     wandb_tags: list[str] = option([], "wandb tags", kind="str", nargs="+")  # noqa: RUF009
 
 

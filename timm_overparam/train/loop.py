@@ -402,7 +402,7 @@ class Trainer:
             self._truncate_summary()
         if cfg.log_wandb:
             acc.init_trackers(
-                cfg.wandb_project or "timm_overparam",
+                cfg.wandb_project or os.environ.get("WANDB_PROJECT") or "timm_overparam",
                 config=cfg.to_dict(),
                 init_kwargs={
                     "wandb": {"name": self.folder.name, "tags": cfg.wandb_tags, "dir": str(self.folder)}

@@ -263,7 +263,16 @@ def test_report_files_csv_markdown_and_figures(sweep, tmp_path):
     ]
     for name in pngs:
         assert (out / name).read_bytes()[:8] == PNG, name
-    assert sorted(p.name for p in out.iterdir()) == sorted([*pngs, "comparison.csv", "comparison.md"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*pngs, "comparison.csv", "comparison.md", "runs.csv"]
+    )
+    with open(out / "runs.csv", newline="") as f:
+        per_run = [r for r in csv.DictReader(f) if r["group"] == "resnet18"]
+    assert [(r["seed"], float(r["top1"]), r["erank"]) for r in per_run] == [
+        ("0", 0.90, "10.0"),
+        ("1", 0.92, "11.0"),
+        ("2", 0.94, "12.0"),
+    ]
     pooled = pool_reliability(by_label(compare_runs(find_runs(line)))["resnet18_line"].runs, "point0")
     assert pooled == ([0.3, 0.8], [0.2, 0.9])
 
@@ -273,7 +282,7 @@ def test_figures_only_when_their_data_exist(tmp_path):
     write_run(tmp_path / "runs" / "a", {"model": "m", "seed": 0}, rows, {"final": {"top1": 0.5}})
     compare([tmp_path / "runs"], out=tmp_path / "report")
     written = sorted(p.name for p in (tmp_path / "report").iterdir())
-    assert written == ["comparison.csv", "comparison.md", "top1_by_group.png", "top1_curves.png"]
+    assert written == ["comparison.csv", "comparison.md", "runs.csv", "top1_by_group.png", "top1_curves.png"]
 
 
 def _offline_run(folder: Path, config: dict, top1: list[float]) -> Path:

@@ -3,7 +3,7 @@
     python -m timm_overparam.compare output/sweeps/digits_depth --group-by model --metric top1 --out report/
     python -m timm_overparam.compare --wandb ENTITY/PROJECT --sweep ID --group-by model --out report/
 
-The flags map one to one onto ``timm_overparam.sweep.report.compare``; docs/compare.md explains them.
+The flags map one to one onto ``timm_overparam.sweep.report.compare``; docs/sweeps.md ("Comparing runs") explains them.
 """
 
 from __future__ import annotations

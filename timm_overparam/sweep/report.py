@@ -300,11 +300,34 @@ def to_csv(comparison: Comparison) -> str:
     return text.getvalue()
 
 
+def runs_csv(comparison: Comparison) -> str:
+    """``runs.csv``: one row per compared run: its group, seed, the metric's value (as compared),
+    the rank metrics and ECE when it has them, its name and where it was read.
+
+    Example: ``runs_csv(compare_runs(runs))``
+    """
+    records = []
+    for g in comparison.groups:
+        for run, value in zip(g.runs, g.values, strict=True):
+            extra = {k: run_value(run, k, comparison.which) for k in ("ece", *RANK_METRICS)}
+            records.append(
+                {"group": g.label, **g.key, comparison.seed_key: run.config.get(comparison.seed_key)}
+                | {comparison.metric: value}
+                | {k: v for k, v in extra.items() if k != comparison.metric}
+                | {"name": run.name, "location": run.location}
+            )
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(records[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{k: "" if v is None else v for k, v in r.items()} for r in records])
+    return text.getvalue()
+
+
 def write_report(
     comparison: Comparison, out: str | os.PathLike, command: str, x: str | None = None
 ) -> list[Path]:
-    """Write the figures that have data, ``comparison.md`` and ``comparison.csv`` into ``out``
-    (created); returns the paths written.
+    """Write the figures that have data, ``comparison.md``, ``comparison.csv`` and ``runs.csv`` into
+    ``out`` (created); returns the paths written.
 
     Example: ``write_report(compare_runs(runs), "report", "python -m timm_overparam.compare output/x")``
     """
@@ -323,7 +346,8 @@ def write_report(
     figures = [f for f in figures if f is not None]
     write_text_atomic(folder / "comparison.md", to_markdown(comparison, command, [str(f) for f in figures]))
     write_text_atomic(folder / "comparison.csv", to_csv(comparison))
-    return [*figures, folder / "comparison.md", folder / "comparison.csv"]
+    write_text_atomic(folder / "runs.csv", runs_csv(comparison))
+    return [*figures, folder / "comparison.md", folder / "comparison.csv", folder / "runs.csv"]
 
 
 # ------------------------------------------------------------------------------------------- figures

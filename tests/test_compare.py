@@ -297,6 +297,7 @@ def _offline_run(folder: Path, config: dict, top1: list[float]) -> Path:
             {"train_loss": 1.0 / (epoch + 1), "lr": 0.1, "eval_top1": value, "eval_ece": 0.05}, step=epoch
         )
     run.finish()
+    wandb.teardown()  # wandb's service writes the log after finish() returns: flushed once it stops
     return next((folder / "wandb").glob("offline-run-*"))
 
 
@@ -451,3 +452,23 @@ def test_points_pair_a_line_with_standard_runs(tmp_path):
     assert groups["net_line@ens0+0.5"].paired.mean == pytest.approx(0.035)  # 0.04 and 0.03
     text = compare([tmp_path], points=True)
     assert "net_line@0.5" in text and "net_line " not in text
+
+
+def test_wandb_history_keeps_the_epoch_rows_of_a_run_that_also_logs_per_update(tmp_path):
+    """train.py logs epoch metrics at the update step with an ``epoch`` key; callbacks log per update."""
+    import wandb
+
+    run = wandb.init(
+        dir=tmp_path / "r", project="compare-test", config={"model": "m", "seed": 0}, mode="offline"
+    )
+    step = 0
+    for epoch, top1 in enumerate([0.5, 0.8]):
+        for _ in range(3):  # three updates per epoch, each logging omega
+            wandb.log({"omega": 1.0 / (step + 1)}, step=step)
+            step += 1
+        wandb.log({"train_loss": 1.0, "eval_top1": top1, "epoch": epoch}, step=step)
+    run.finish()
+    wandb.teardown()
+    (read,) = find_runs(tmp_path / "r")
+    assert [(r["epoch"], r["top1"]) for r in read.history] == [(0, 0.5), (1, 0.8)]
+    assert read.final["top1"] == 0.8

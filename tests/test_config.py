@@ -54,7 +54,8 @@ def test_args_yaml_round_trips_into_an_equal_config(tmp_path):
     run(tmp_path, *argv)
     saved = TrainConfig.from_yaml(str(tmp_path / "r" / "args.yaml"))
     cli = parse_args(train_parser(), ["--output", str(tmp_path), *argv])
-    assert saved == cli.replace(img_size=32)  # the run fills in the digits' input size
+    # the run fills in the digits' input size and the task's default --eval-metric
+    assert saved == cli.replace(img_size=32, eval_metric="top1")
     assert (tmp_path / "r" / "norms.json").exists()
     assert (
         yaml.safe_load(saved.to_yaml()) == saved.to_dict() and TrainConfig.from_dict(saved.to_dict()) == saved

@@ -251,9 +251,11 @@ def test_binned_ece_is_torchmetrics_ece_on_random_predictions():
 def test_reliability_is_not_a_metric():
     from timm_overparam.train.families import METRICS
 
-    assert METRICS == ["top1", "top5", "loss", "ece"]
+    assert METRICS == ["top1", "top5", "loss", "ece", "precision", "recall"]
     bins = Reliability(count=[1], confidence=[0.5], accuracy=[1.0])
-    assert top.Metrics(0.5, 1.0, 0.7, 0.1) == top.Metrics(0.5, 1.0, 0.7, 0.1, reliability=bins)
+    assert top.Metrics(0.5, 1.0, 0.7, 0.1, 0.5, 0.5) == top.Metrics(
+        0.5, 1.0, 0.7, 0.1, 0.5, 0.5, reliability=bins
+    )
     with pytest.raises(ValueError, match=r"probabilities \(N, C\) and targets \(N,\), got \(3,\) and \(3,\)"):
         reliability(torch.ones(3), torch.zeros(3))
     with pytest.raises(ValueError, match="bins must be an integer >= 1, got 0"):

@@ -19,6 +19,8 @@ from timm_overparam.expand.parametrization import ExpandProject, collapse_module
 from timm_overparam.models import op as _op_models  # noqa: F401  (registers the entrypoints)
 from timm_overparam.models import subspace as _subspace_models  # noqa: F401
 from timm_overparam.registry import register_architecture, register_new_models
+from timm_overparam.research import cifar_resnet as _cifar_resnet_models  # noqa: F401  (seed 002's models)
+from timm_overparam.research import depth_limit as _depth_limit_models  # noqa: F401
 from timm_overparam.subspace.bn import BNStats, current_bn_stats, load_bn_stats, recalibrate_bn
 from timm_overparam.subspace.parametrization import SubspaceConfig, SubspaceParam, subspace
 from timm_overparam.subspace.points import at_point, extract_point, sample_point, sampled_loss, set_point

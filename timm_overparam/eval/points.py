@@ -1,4 +1,4 @@
-"""Evaluation of subspace points and ensembles: accuracy, loss, ECE, TV distance.
+"""Evaluation of subspace points and ensembles: accuracy, loss, ECE, TV distance (regression: p-loss, MAE).
 
 Every point runs once: it is set, its BatchNorm statistics recalibrated on training data, the eval
 loader forwarded, and its logits kept on the CPU. Ensembles and TV distances are computed from the
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from timm_overparam.core.modes import preserve_modes
-from timm_overparam.eval.metrics import Gather, Metrics, _logits, _metrics
+from timm_overparam.eval.metrics import Gather, Metrics, RegressionMetrics, _logits, _metrics, score
 from timm_overparam.subspace.bn import BNStats, current_bn_stats, load_bn_stats, recalibrate_bn
 from timm_overparam.subspace.points import Point, at_point
 
@@ -37,9 +37,9 @@ class SubspaceResults:
     """
 
     points: list[PlainPoint]
-    metrics: list[Metrics]
+    metrics: list[Metrics | RegressionMetrics]
     ensembles: list[tuple[PlainPoint, ...]]
-    ensemble_metrics: list[Metrics]
+    ensemble_metrics: list[Metrics | RegressionMetrics]
     tv_pairs: list[tuple[PlainPoint, PlainPoint]]
     tv: list[float]
     average: str
@@ -50,7 +50,7 @@ class SubspaceResults:
         """JSON-ready records: ``points``, ``ensembles`` (``members``), ``tv`` (``a``, ``b``, ``tv``).
 
         Example: ``json.dumps(res.to_dict())``; ``res.to_dict()["points"][0]`` is
-        ``{'point': 0.0, 'top1': 0.91, 'top5': 0.99, 'loss': 0.31, 'ece': 0.02}``
+        ``{'point': 0.0, 'top1': 0.91, 'top5': 0.99, 'loss': 0.31, 'ece': 0.02, 'precision': 0.9, 'recall': 0.9}``
         """
         return {
             "points": [{"point": p, **asdict(m)} for p, m in zip(self.points, self.metrics, strict=True)],
@@ -94,8 +94,13 @@ def evaluate_points(
     average: Literal["logits", "probs"] = "logits",
     tv_pairs: Sequence[tuple[Point, Point]] = (),
     gather: Gather | None = None,
+    task: str = "classification",
+    p_loss: float = 2.0,
 ) -> SubspaceResults:
     """Metrics of each point, of ensembles of those points (averaged logits or probabilities), TV distances.
+
+    With ``task="regression"`` the metrics are ``RegressionMetrics`` (p-loss with ``p_loss``, MAE), an
+    ensemble averages its members' outputs (whatever ``average`` says), and there are no TV distances.
 
     ``loader`` yields ``(x, target)``; with BatchNorm every point first recalibrates on ``bn_batches``
     of ``bn_loader``. Model point, BN statistics and training flags are restored afterwards. In a
@@ -105,6 +110,8 @@ def evaluate_points(
     """
     if average not in ("logits", "probs"):
         raise ValueError(f"average must be 'logits' or 'probs', got {average!r}")
+    if task == "regression" and tv_pairs:
+        raise ValueError("TV distances compare class probabilities: there are none for regression")
     if not points:
         raise ValueError("no points to evaluate")
     for p in points:  # validates every point (ValueError naming it) before any work
@@ -147,7 +154,9 @@ def evaluate_points(
 
     assert targets is not None  # points is not empty
 
-    def combine(idx: list[int], how: str) -> Metrics:
+    def combine(idx: list[int], how: str) -> Metrics | RegressionMetrics:
+        if task != "classification":
+            return score(torch.stack([logits[i] for i in idx]).mean(0), targets, task, p_loss)
         if how == "logits":
             mean = torch.stack([logits[i] for i in idx]).mean(0)
             return _metrics(mean.softmax(1), mean.log_softmax(1), targets)

@@ -39,7 +39,8 @@ __all__ = [
     "split_points",
 ]
 
-LOWER_IS_BETTER = ("loss", "ece")  # as in train/loop.py's DECREASING: the run's best epoch minimises these
+# as in train/loop.py's DECREASING: the run's best epoch minimises these
+LOWER_IS_BETTER = ("loss", "ece", "mae")
 NOT_METRICS = ("epoch", "lr")  # history columns that are not evaluation metrics (nor are train_*)
 
 
@@ -223,7 +224,7 @@ def read_wandb_folder(folder: str | os.PathLike) -> Run:
                 "finished" if record.exit.exit_code == 0 else f"failed (exit code {record.exit.exit_code})"
             )
     config = {k: v for k, v in config.items() if not k.startswith("_")}
-    history = [_logged_row(row, step) for step, row in sorted(steps.items())]
+    history = _logged_history(sorted(steps.items()))
     return _logged_run(name, "wandb-folder", str(folder), config, summary, history, state)
 
 
@@ -326,7 +327,7 @@ def read_api_runs(path: str, sweep: str | None = None, api: Any = None) -> list[
     runs = []
     for name, run_id, state, config, summary, rows in fetched:
         steps = [(int(row["_step"]), row) for row in rows if row.get("_step") is not None]
-        history = [_logged_row(row, step) for step, row in sorted(steps, key=lambda s: s[0])]
+        history = _logged_history(sorted(steps, key=lambda s: s[0]))
         config = {k: v for k, v in config.items() if not k.startswith("_")}
         runs.append(
             _logged_run(name or run_id, "wandb-api", f"{path}/{run_id}", config, summary, history, state)
@@ -335,12 +336,26 @@ def read_api_runs(path: str, sweep: str | None = None, api: Any = None) -> list[
 
 
 # -------------------------------------------------------------------------------------- logged runs
-def _logged_row(row: dict[str, Any], step: int) -> dict[str, float]:
-    """A logged history row as numbers: ``epoch`` from the step (this project logs step=epoch),
-    ``eval_`` dropped; wandb's own keys (``_step``, ``_runtime``) and non-numbers left out."""
-    out: dict[str, float] = {"epoch": step}
+def _logged_history(rows: Iterable[tuple[int, dict[str, Any]]]) -> list[dict[str, float]]:
+    """The per-epoch rows of a logged history. train.py logs its epoch metrics with an ``epoch`` key
+    at the optimizer-update step (callbacks log per update on the same axis): when rows carry
+    ``epoch`` only those are epochs; without it (older runs, other programs) the step is the epoch.
+    """
+    rows = list(rows)
+    tagged = any("epoch" in row for _, row in rows)
+    return [
+        _logged_row(row, int(row["epoch"]) if tagged else step)
+        for step, row in rows
+        if not tagged or "epoch" in row
+    ]
+
+
+def _logged_row(row: dict[str, Any], epoch: int) -> dict[str, float]:
+    """A logged history row as numbers at ``epoch``, ``eval_`` dropped; wandb's own keys
+    (``_step``, ``_runtime``) and non-numbers left out."""
+    out: dict[str, float] = {"epoch": epoch}
     for key, value in row.items():
-        if not key.startswith("_") and _is_number(value):
+        if key != "epoch" and not key.startswith("_") and _is_number(value):
             out[key.removeprefix("eval_")] = float(value)
     return out
 

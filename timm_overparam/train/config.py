@@ -27,6 +27,9 @@ from typing import Any, ClassVar
 import yaml
 
 DIGITS = "sklearn/digits"  # the embedded dataset (see train/data.py)
+SYNTHETIC = ("synthetic/sin", "synthetic/constant")  # regression data of seed 002 (research/synthetic.py)
+TASKS = ("classification", "regression")
+DEFAULT_EVAL_METRIC = {"classification": "top1", "regression": "loss"}  # without --eval-metric
 ParsedPoint = float | tuple[float, ...]  # a point as the command line gives it
 
 
@@ -217,7 +220,8 @@ class DataConfig:
     dataset: str | None = option(
         None,
         f"{DIGITS!r} (embedded, the default without a data dir), '' or 'folder' for an image folder "
-        "(the default with one), or a timm name: torch/cifar10, torch/mnist, hfds/<id>, ...",
+        "(the default with one), a timm name: torch/cifar10, torch/mnist, hfds/<id>, ..., or a synthetic "
+        "regression set (with --task regression): synthetic/sin, synthetic/constant",
         kind="str",
     )
     train_split: str = option("train", "training split")
@@ -245,6 +249,17 @@ class DataConfig:
     label_noise: float = option(
         0.0, "fraction in [0, 1) of training labels (the first ones) replaced by uniform random labels"
     )
+    synthetic_samples: int = option(
+        100_000,
+        "synthetic/ datasets: samples drawn with --seed, split 90/10 into train/validation",
+        minimum=10,
+    )
+    synthetic_c: float | None = option(
+        None,
+        "synthetic/ datasets: c (sin: separability, K = e^(-4c)/(8N), default 0.01; constant: the target, "
+        "default 0.1)",
+        kind="float",
+    )
 
 
 @dataclass
@@ -260,6 +275,41 @@ class EvalConfig:
     bn_recal_batches: int = option(50, "training batches to recalibrate BatchNorm per point", minimum=1)
     log_rank: bool = option(
         False, "add the effective rank of the validation embeddings to every evaluation (erank, rank_entropy)"
+    )
+
+
+@dataclass
+class ObjectiveConfig:
+    """The task: its loss and its metrics (train.py and validate.py)."""
+
+    task: str = option(
+        "classification",
+        "classification (cross-entropy; top1, top5, loss, ece, precision, recall) or regression "
+        "(p-loss; loss, mae)",
+        choices=TASKS,
+    )
+    p_loss: float = option(
+        2.0, "regression: the loss is the mean over samples of |y - yhat|_p^p with this p (>= 1)", minimum=1
+    )
+
+
+@dataclass
+class ResearchConfig:
+    """Research instruments of the depth-limit study (seed 002), attached as callbacks of
+    ``timm_overparam.research.callbacks`` (a model with ``block_weights()``)."""
+
+    pvar: float | None = option(
+        None,
+        "log the p-, p/2- and 3p/4-variation of the path of the block weights (p >= 2): PVariationLogger",
+        kind="float",
+        metavar="P",
+    )
+    pvar_every: int = option(1, "with --pvar: every N optimizer updates", minimum=1, metavar="N")
+    dynamic_lr: bool = option(
+        False, "learning rate C * lr / pvar^2 at each epoch end (DynamicLR; needs --pvar and --sched none)"
+    )
+    store_grad: bool = option(
+        False, "log Omega(t), the mean over samples of |d loss / d yhat_i|^2, every update (OmegaRecorder)"
     )
 
 
@@ -289,7 +339,9 @@ class OptimConfig:
 class ScheduleConfig:
     """timm's ``create_scheduler_v2``."""
 
-    sched: str = option("cosine", "cosine, step, multistep, plateau, tanh, poly")
+    sched: str = option(
+        "cosine", "cosine, step, multistep, plateau, tanh, poly, constant, or none (the lr is left alone)"
+    )
     epochs: int = option(10, "epochs to train", minimum=1)
     warmup_epochs: int = option(1, "linear warm-up epochs", minimum=0)
     warmup_lr: float = option(1e-5, "warm-up start learning rate")
@@ -327,7 +379,9 @@ class LoggingConfig:
     checkpoint_hist: int = option(2, "best checkpoints to keep", minimum=1)
     output: str = option("output/train", "folder of experiment folders")
     experiment: str = option("", "experiment folder name (default: date-model-size)")
-    eval_metric: str = option("top1", "metric that picks 'best' (e.g. top1, loss)")
+    eval_metric: str | None = option(
+        None, "metric that picks 'best' (default: top1 for classification, loss for regression)", kind="str"
+    )
     log_wandb: bool = option(False, "log to wandb through accelerate's trackers")
     wandb_project: str | None = option(
         None, "wandb project (default: $WANDB_PROJECT, else timm_overparam)", kind="str"
@@ -337,12 +391,14 @@ class LoggingConfig:
 
 GROUP_TITLES = {
     "data": "Dataset",
+    "objective": "Task (classification or regression) and its loss",
     "eval": "Evaluation (subspace points and ensembles, effective rank)",
     "family": "Subspace training",
     "optim": "Optimizer (timm's create_optimizer_v2)",
     "schedule": "Schedule (timm's create_scheduler_v2)",
     "augment": "Augmentation (train split; the embedded digits get none)",
     "logging": "Output and logging",
+    "research": "Research instruments (depth-limit study: p-variation, dynamic lr, Omega)",
 }
 
 
@@ -453,6 +509,37 @@ class _Config:
                 parse(getattr(self, key))
             except ValueError as e:
                 raise ConfigError(f"{where(key)}: {e}") from None
+        if self.task == "regression":
+            for key, value, plain in (
+                ("train_fraction", self.train_fraction, 1),
+                ("label_noise", self.label_noise, 0),
+            ):
+                if value != plain:
+                    raise ConfigError(
+                        f"{where(key)} {value!r} needs classes (classification); for regression leave it at "
+                        f"{plain} (synthetic data: choose the samples with {where('synthetic_samples')})"
+                    )
+        if "pvar" in type(self).keys():
+            self._check_research(where)
+
+    def _check_research(self, where: Callable[[str], str]) -> None:
+        """The research flags: p >= 2 (its p/2-variation needs an exponent >= 1), ``dynamic_lr`` needs
+        ``pvar`` and the learning rate to itself (no scheduler)."""
+        if self.pvar is not None and self.pvar < 2:
+            raise ConfigError(
+                f"{where('pvar')} must be >= 2 (the p/2-variation is logged too, and a p-variation needs an "
+                f"exponent >= 1), got {self.pvar!r}"
+            )
+        if self.dynamic_lr and self.pvar is None:
+            raise ConfigError(
+                f"{where('dynamic_lr')} sets the learning rate from the p-variation of the block weights: "
+                f"add {where('pvar')} P (e.g. 2)"
+            )
+        if self.dynamic_lr and self.sched != "none":
+            raise ConfigError(
+                f"{where('dynamic_lr')} sets the learning rate itself, which the {self.sched!r} schedule would "
+                f"overwrite every update: add {where('sched')} none"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: Callable[[str], str] = lambda key: key) -> Any:
@@ -563,7 +650,17 @@ class TrainConfig(_ModelConfig):
     (3, 3, 32)
     """
 
-    _groups: ClassVar[tuple[str, ...]] = ("data", "eval", "family", "optim", "schedule", "augment", "logging")
+    _groups: ClassVar[tuple[str, ...]] = (
+        "data",
+        "objective",
+        "eval",
+        "family",
+        "optim",
+        "schedule",
+        "augment",
+        "logging",
+        "research",
+    )
 
     initial_checkpoint: str = option("", "load these weights (safetensors) first")
     resume: str = option("", "resume from a checkpoint folder (output/train/<exp>/last)")
@@ -583,12 +680,14 @@ class TrainConfig(_ModelConfig):
         metavar="MODULE:CLASS",
     )
     data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     family: FamilyConfig = field(default_factory=FamilyConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    research: ResearchConfig = field(default_factory=ResearchConfig)
 
 
 @dataclass(init=False, eq=True, repr=True)
@@ -599,7 +698,7 @@ class ValidateConfig(_ModelConfig):
     'json'
     """
 
-    _groups: ClassVar[tuple[str, ...]] = ("data", "eval")
+    _groups: ClassVar[tuple[str, ...]] = ("data", "objective", "eval")
 
     checkpoint: str = option("", "a .safetensors file or a train.py checkpoint folder")
     use_ema: bool = option(False, "the checkpoint folder's EMA weights")
@@ -610,7 +709,17 @@ class ValidateConfig(_ModelConfig):
     amp: bool = option(False, "mixed precision (accelerate)")
     amp_dtype: str = option("float16", "amp dtype", choices=("float16", "bfloat16"))
     data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def default_eval_metric(config: Any) -> str:
+    """The metric that picks ``best``: ``--eval-metric``, else the task's default (top1; regression: loss).
+
+    >>> default_eval_metric(TrainConfig()), default_eval_metric(TrainConfig(task="regression"))
+    ('top1', 'loss')
+    """
+    return config.eval_metric or DEFAULT_EVAL_METRIC[config.task]
 
 
 def _check_unique(cls: type[_Config]) -> None:

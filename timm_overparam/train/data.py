@@ -3,9 +3,11 @@
 ``sklearn/digits`` is the embedded default: scikit-learn's 1,797 8x8 grey-scale handwritten digits
 (10 classes), shipped with the package, so nothing is downloaded. Every other name goes to timm's
 ``create_dataset``: ``torch/cifar10``, ``torch/mnist``, ``hfds/<hub id>``, ``tfds/...``,
-``wds/...``, or an image folder (``''`` or ``folder`` with ``--data-dir``). ``TrainingView`` narrows a
-training split to a class-stratified fraction and replaces the labels of its first samples by random
-ones (``--train-fraction``, ``--label-noise``).
+``wds/...``, or an image folder (``''`` or ``folder`` with ``--data-dir``). ``synthetic/sin`` and
+``synthetic/constant`` are seed 002's regression data (``research/synthetic.py``), drawn with the
+run's seed: float vectors, not images, so they say ``tensor_inputs = True`` and get no image
+transforms. ``TrainingView`` narrows a training split to a class-stratified fraction and replaces the
+labels of its first samples by random ones (``--train-fraction``, ``--label-noise``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from timm.data import create_dataset, create_transform, resolve_data_config
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from timm_overparam.train.config import DIGITS
+from timm_overparam.train.config import DIGITS, SYNTHETIC
 
 _FOLDER = ("", "folder")
 _PREFIXES = ("torch/", "hfds/", "hfids/", "tfds/", "wds/")
@@ -61,24 +63,62 @@ class DigitsDataset(Dataset):
 
 @dataclass
 class DataInfo:
-    """What the model must fit: the number of classes and image channels of a dataset."""
+    """What the model must fit. Images: the number of classes and image channels. Tensor data
+    (``tensor_inputs``): ``in_chans`` is the input's last dimension (its features) and
+    ``input_shape`` the shape of one input; regression data has no classes (``num_classes`` None)
+    and ``target_dim`` outputs. ``outputs`` is the model's output size (``num_classes`` of
+    ``timm.create_model``).
 
-    num_classes: int
+    >>> DataInfo(num_classes=None, in_chans=1, task="regression", target_dim=1, input_shape=(1,)).outputs
+    1
+    """
+
+    num_classes: int | None
     in_chans: int
+    task: str = "classification"
+    target_dim: int | None = None
+    input_shape: tuple[int, ...] | None = None
+
+    @property
+    def outputs(self) -> int | None:
+        """The model's output size: the classes, or the regression target's dimension."""
+        return self.target_dim if self.task == "regression" else self.num_classes
 
 
-def open_dataset(name: str, root: str | None, split: str, *, download: bool = False, train: bool) -> Dataset:
-    """One split of a dataset by timm name (or ``sklearn/digits``), with clear errors for bad names/paths.
+def open_dataset(
+    name: str,
+    root: str | None,
+    split: str,
+    *,
+    download: bool = False,
+    train: bool,
+    seed: int = 0,
+    synthetic_samples: int = 100_000,
+    synthetic_c: float | None = None,
+) -> Dataset:
+    """One split of a dataset by timm name (or ``sklearn/digits``, ``synthetic/...``), with clear
+    errors for bad names/paths. Synthetic data is drawn with ``seed`` (``synthetic_samples`` samples,
+    its ``c`` or the dataset's default).
 
     >>> len(open_dataset("sklearn/digits", None, "validation", train=False))
     360
+    >>> len(open_dataset("synthetic/sin", None, "validation", train=False, synthetic_samples=50))
+    5
     """
     if name == DIGITS:
         return DigitsDataset(split)
+    if name in SYNTHETIC or name.startswith("synthetic/"):
+        from timm_overparam.research.synthetic import open_synthetic  # only for these runs
+
+        if split not in ("train", "validation"):
+            flag = "--train-split" if train else "--val-split"
+            raise ValueError(f"{name} has the splits 'train' and 'validation', not {split!r} ({flag})")
+        return open_synthetic(name, split, c=synthetic_c, num_samples=synthetic_samples, seed=seed)
     if name not in _FOLDER and not name.startswith(_PREFIXES):
         raise ValueError(
-            f"unknown dataset {name!r}: use {DIGITS!r}, an image folder ('' with --data-dir), or a timm "
-            f"dataset name starting with one of {list(_PREFIXES)} (e.g. 'torch/cifar10')"
+            f"unknown dataset {name!r}: use {DIGITS!r}, an image folder ('' with --data-dir), a timm "
+            f"dataset name starting with one of {list(_PREFIXES)} (e.g. 'torch/cifar10'), or one of "
+            f"{list(SYNTHETIC)}"
         )
     if root is None and not name.startswith(("hfds/", "hfids/")):
         raise ValueError(f"dataset {name!r} needs --data-dir (the folder that holds or receives it)")
@@ -231,7 +271,15 @@ class TrainingView(Dataset):
 
 
 def describe(dataset: Dataset) -> DataInfo:
-    """Number of classes and channels of a dataset whose items are (PIL image, label)."""
+    """What a model needs of a dataset: for (PIL image, label) items the number of classes and
+    channels; for tensor data (``tensor_inputs``) the input's shape and features (``in_chans``),
+    and for regression data (``task = "regression"``) the target's dimension instead of classes.
+
+    >>> describe(open_dataset("synthetic/constant", None, "validation", train=False, synthetic_samples=10))
+    DataInfo(num_classes=None, in_chans=1, task='regression', target_dim=1, input_shape=(1,))
+    """
+    if getattr(dataset, "tensor_inputs", False):
+        return _describe_tensors(dataset)
     image = dataset[0][0]
     if not isinstance(image, Image.Image):
         raise TypeError(f"expected PIL images from the dataset, got {type(image).__name__}")
@@ -242,6 +290,42 @@ def describe(dataset: Dataset) -> DataInfo:
         len(image.convert("RGB").getbands()) if image.mode in ("P", "RGBA", "CMYK") else len(image.getbands())
     )
     return DataInfo(num_classes=len(classes), in_chans=bands)
+
+
+def _describe_tensors(dataset: Dataset) -> DataInfo:
+    x, y = dataset[0][:2]
+    if not isinstance(x, Tensor) or x.ndim == 0:
+        raise TypeError(f"expected tensor inputs of at least 1 dimension, got {x!r}")
+    task = getattr(dataset, "task", "classification")
+    if task == "regression":
+        y = torch.as_tensor(y)
+        return DataInfo(
+            num_classes=None,
+            in_chans=x.shape[-1],
+            task=task,
+            target_dim=y.numel(),
+            input_shape=tuple(x.shape),
+        )
+    classes = class_names(dataset)
+    if classes is None:
+        raise ValueError("cannot tell the number of classes of the dataset: pass --num-classes")
+    return DataInfo(num_classes=len(classes), in_chans=x.shape[-1], input_shape=tuple(x.shape))
+
+
+def tensor_data_config(info: DataInfo) -> dict[str, Any]:
+    """The data config of tensor data (what ``data_config`` gives for images): its input shape, no
+    crop, interpolation or normalisation.
+
+    >>> tensor_data_config(DataInfo(None, 1, "regression", 1, (1,)))["input_size"]
+    (1,)
+    """
+    return {
+        "input_size": info.input_shape,
+        "crop_pct": None,
+        "interpolation": None,
+        "mean": None,
+        "std": None,
+    }
 
 
 def data_config(model: torch.nn.Module, args: Any, in_chans: int) -> dict[str, Any]:

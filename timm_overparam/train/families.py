@@ -7,6 +7,12 @@
   exports ``point-<p>.safetensors`` with each point's statistics;
 - ``PlainFamily``: any other timm model, evaluated and kept as it is.
 
+Every family runs both tasks (``--task``): classification reports ``METRICS`` (top1, top5, loss,
+ece, precision, recall) and reliability bins, regression ``REGRESSION_METRICS`` (loss: the p-loss,
+mae); a regression ensemble averages its members' outputs. A model (in its stock form) with a
+``block_weights()`` method, the depth-limit ResNet's ``(L, ...)`` tensor of its residual blocks'
+weights, also gets ``blocks.safetensors`` (key ``blocks``; ``export_block_weights``).
+
 With ``--log-rank`` every evaluated model (not ensembles) also reports the effective rank of its
 validation embeddings (``erank``, ``rank_entropy``; ``eval/rank.py``). ``reliability(detail)`` gives
 the reliability bins of the latest evaluation (``results.json``).
@@ -28,10 +34,11 @@ from timm.utils import reparameterize_model
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from timm_overparam.core.atomic import atomic_path
 from timm_overparam.core.modes import preserve_modes
 from timm_overparam.core.numerics import rel_err
 from timm_overparam.core.weights import save_weights
-from timm_overparam.eval.metrics import Gather, Metrics, evaluate_model
+from timm_overparam.eval.metrics import Gather, Metrics, RegressionMetrics, evaluate_model
 from timm_overparam.eval.points import SubspaceResults, evaluate_points
 from timm_overparam.eval.rank import embedding_rank
 from timm_overparam.expand.convert import collapse, is_expanded
@@ -40,8 +47,19 @@ from timm_overparam.subspace.points import at_point, extract_point, sampled_loss
 from timm_overparam.subspace.regularizer import subspace_regularizer
 from timm_overparam.train.config import parse_ensembles, parse_points
 
-METRICS = [f.name for f in fields(Metrics) if f.name != "reliability"]  # what every evaluation reports
+METRICS = [f.name for f in fields(Metrics) if f.name != "reliability"]  # every classification evaluation
+REGRESSION_METRICS = [f.name for f in fields(RegressionMetrics)]  # every regression evaluation
 RANK_METRICS = ["rank_entropy", "erank"]  # with --log-rank, of every evaluated model (not ensembles)
+BLOCKS_FILE = "blocks.safetensors"  # the residual blocks' weights of a model with block_weights()
+
+
+def task_metrics(task: str) -> list[str]:
+    """The metrics every evaluation of ``task`` reports.
+
+    >>> task_metrics("regression")
+    ['loss', 'mae']
+    """
+    return list(REGRESSION_METRICS if task == "regression" else METRICS)
 
 
 def point_name(point: Any) -> str:
@@ -97,13 +115,15 @@ def check_points(config: SubspaceConfig, points: list[Any], ensembles: list[list
             )
 
 
-def flat(metrics: Metrics, prefix: str = "") -> dict[str, float]:
-    """The scalar metrics as a flat dict with ``prefix`` on every key.
+def flat(metrics: Metrics | RegressionMetrics, prefix: str = "") -> dict[str, float]:
+    """The scalar metrics (classification or regression) as a flat dict with ``prefix`` on every key.
 
-    >>> flat(Metrics(top1=0.5, top5=1.0, loss=0.7, ece=0.1), "point0_")["point0_top1"]
+    >>> flat(Metrics(top1=0.5, top5=1.0, loss=0.7, ece=0.1, precision=0.5, recall=0.5), "point0_")["point0_top1"]
     0.5
+    >>> flat(RegressionMetrics(loss=0.25, mae=0.5))
+    {'loss': 0.25, 'mae': 0.5}
     """
-    return {f"{prefix}{k}": getattr(metrics, k) for k in METRICS}
+    return {f"{prefix}{f.name}": getattr(metrics, f.name) for f in fields(metrics) if f.name != "reliability"}
 
 
 def rank_metrics(model: nn.Module, loader: Iterable, gather: Gather | None) -> dict[str, float]:
@@ -120,12 +140,15 @@ def rank_metrics(model: nn.Module, loader: Iterable, gather: Gather | None) -> d
     return {"rank_entropy": rank.entropy, "erank": rank.erank}
 
 
-def timm_record(metrics: Metrics) -> dict[str, float]:
-    """validate.py's form of metrics, as timm's validate.py writes them (accuracies in percent).
+def timm_record(metrics: Metrics | RegressionMetrics) -> dict[str, float]:
+    """validate.py's form of metrics, as timm's validate.py writes them (accuracies in percent;
+    precision and recall fractions, like the ECE); regression metrics as they are.
 
-    >>> timm_record(Metrics(top1=0.5, top5=1.0, loss=0.7, ece=0.1))["top1_err"]
+    >>> timm_record(Metrics(top1=0.5, top5=1.0, loss=0.7, ece=0.1, precision=0.5, recall=0.5))["top1_err"]
     50.0
     """
+    if isinstance(metrics, RegressionMetrics):
+        return flat(metrics)
     top1, top5 = 100 * metrics.top1, 100 * metrics.top5
     return {
         "top1": round(top1, 4),
@@ -134,11 +157,39 @@ def timm_record(metrics: Metrics) -> dict[str, float]:
         "top5_err": round(100 - top5, 4),
         "loss": round(metrics.loss, 6),
         "ece": round(metrics.ece, 6),
+        "precision": round(metrics.precision, 6),
+        "recall": round(metrics.recall, 6),
     }
 
 
 def _millions(model: nn.Module) -> float:
     return round(sum(p.numel() for p in model.parameters()) / 1e6, 4)
+
+
+def export_block_weights(model: nn.Module, path: Any, metadata: dict[str, str] | None = None) -> Any:
+    """Write ``model.block_weights()`` (an ``(L, ...)`` tensor: the trained residual blocks' weights,
+    one row per block) to the safetensors file ``path`` under the key ``blocks``, atomically; returns
+    the path, or None (nothing written) when the model has no ``block_weights`` method.
+
+    ``model`` is the stock form (a family's ``stock``: the collapsed op model, a subspace point).
+
+    Example: ``export_block_weights(model, folder / "blocks.safetensors", {"model": "depth_limit_resnet"})``
+    """
+    from safetensors.torch import save_file
+
+    method = getattr(model, "block_weights", None)
+    if not callable(method):
+        return None
+    with torch.no_grad():
+        blocks = method()
+    if not isinstance(blocks, Tensor) or blocks.ndim < 1:
+        raise TypeError(
+            f"{type(model).__name__}.block_weights() must return an (L, ...) tensor, got {type(blocks).__name__}"
+            + (f" of shape {tuple(blocks.shape)}" if isinstance(blocks, Tensor) else "")
+        )
+    with atomic_path(path) as tmp:
+        save_file({"blocks": blocks.detach().cpu().contiguous().clone()}, tmp, metadata=metadata)
+    return path
 
 
 class PlainFamily:
@@ -151,6 +202,7 @@ class PlainFamily:
 
     def __init__(self, config: Any, model: nn.Module) -> None:
         self.config = config
+        self.task, self.p_loss = config.task, config.p_loss
         if parse_points(config.eval_points) or config.eval_ensembles or getattr(config, "num_samples", 1) > 1:
             raise ValueError(
                 f"--eval-points/--eval-ensembles/--num-samples need a subspace model, not {config.model!r}"
@@ -166,7 +218,11 @@ class PlainFamily:
 
     def metric_names(self) -> list[str]:
         """The metrics ``evaluate`` reports."""
-        return METRICS + self.rank_names()
+        return self.base_names() + self.rank_names()
+
+    def base_names(self) -> list[str]:
+        """The task's metrics of one evaluated model (``task_metrics``)."""
+        return task_metrics(self.task)
 
     def rank_names(self) -> list[str]:
         """``RANK_METRICS`` with ``--log-rank``, else none."""
@@ -180,19 +236,29 @@ class PlainFamily:
         """Metrics of ``model`` (unwrapped; never changed) and what ``export`` and ``reliability``
         need of them (here the ``Metrics``)."""
         gather = run.acc.gather_for_metrics
-        result = evaluate_model(model, run.val_loader, gather)
+        result = evaluate_model(model, run.val_loader, gather, task=self.task, p_loss=self.p_loss)
         metrics = flat(result)
         if self.config.log_rank:
             metrics |= rank_metrics(model, run.val_loader, gather)
         return metrics, result
 
     def reliability(self, detail: Any) -> dict[str, dict[str, Any]]:
-        """The reliability bins of the evaluation that gave ``detail``, by name (here ``model``)."""
-        return {"model": detail.reliability.to_dict()}
+        """The reliability bins of the evaluation that gave ``detail``, by name (here ``model``;
+        none for regression)."""
+        return _bins([("model", detail)])
 
     def export(self, run: Any, model: nn.Module, metrics: dict[str, float], detail: Any) -> dict[str, Any]:
         """Write the stock-timm exports (main process); returns the extra results fields (``exports``)."""
-        return {"exports": []}
+        return {"exports": self.export_blocks(run, model)}
+
+    def export_blocks(self, run: Any, stock: nn.Module) -> list[Any]:
+        """``blocks.safetensors`` of the stock model ``stock`` if it has ``block_weights()`` (main
+        process); the written paths."""
+        if not run.acc.is_main_process:
+            return []
+        metadata = {"model": str(self.config.model), "model_kwargs": repr(dict(self.config.model_kwargs))}
+        path = export_block_weights(stock, run.folder / BLOCKS_FILE, metadata)
+        return [] if path is None else [path]
 
     def validate(self, model: nn.Module, val_loader: Any, bn_loader: Any, gather: Any) -> dict[str, Any]:
         """validate.py's record of ``model``: its stock form evaluated (``reparam``: through timm's
@@ -200,7 +266,8 @@ class PlainFamily:
         stock = self.stock(model)
         if getattr(self.config, "reparam", False):
             stock = reparameterize_model(stock)
-        record = timm_record(evaluate_model(stock, val_loader, gather)) | {"param_count": _millions(stock)}
+        metrics = evaluate_model(stock, val_loader, gather, task=self.task, p_loss=self.p_loss)
+        record = timm_record(metrics) | {"param_count": _millions(stock)}
         if self.config.log_rank:
             record |= rank_metrics(stock, val_loader, gather)
         return record
@@ -219,7 +286,7 @@ class OpFamily(PlainFamily):
         return collapse(model)
 
     def metric_names(self) -> list[str]:
-        return [*METRICS, *self.rank_names(), "collapse_rel_err"]
+        return [*self.base_names(), *self.rank_names(), "collapse_rel_err"]
 
     def evaluate(self, run: Any, model: nn.Module, epoch: int) -> tuple[dict[str, float], Any]:
         plain = collapse(model)
@@ -245,7 +312,8 @@ class OpFamily(PlainFamily):
 
     def export(self, run: Any, model: nn.Module, metrics: dict[str, float], detail: Any) -> dict[str, Any]:
         plain = collapse(model)
-        expanded = flat(evaluate_model(model, run.val_loader, run.acc.gather_for_metrics))
+        gather = run.acc.gather_for_metrics
+        expanded = flat(evaluate_model(model, run.val_loader, gather, task=self.task, p_loss=self.p_loss))
         results: dict[str, Any] = {
             "expanded": expanded,
             "param_count_collapsed": sum(p.numel() for p in plain.parameters()),
@@ -253,11 +321,13 @@ class OpFamily(PlainFamily):
         exports = []
         if run.acc.is_main_process:
             exports.append(save_weights(plain, run.folder / "collapsed.safetensors"))
+        exports += self.export_blocks(run, plain)
         count = sum(p.numel() for p in model.parameters())
-        run.say(
-            f"top-1: expanded {100 * expanded['top1']:.2f}%, collapsed {100 * metrics['top1']:.2f}%; "
-            f"parameters: expanded {count:,}, collapsed {results['param_count_collapsed']:,}"
-        )
+        if self.task == "regression":
+            shown = f"loss: expanded {expanded['loss']:.6g}, collapsed {metrics['loss']:.6g}"
+        else:
+            shown = f"top-1: expanded {100 * expanded['top1']:.2f}%, collapsed {100 * metrics['top1']:.2f}%"
+        run.say(f"{shown}; parameters: expanded {count:,}, collapsed {results['param_count_collapsed']:,}")
         return results | {"exports": exports}
 
     def validate(self, model: nn.Module, val_loader: Any, bn_loader: Any, gather: Any) -> dict[str, Any]:
@@ -275,6 +345,7 @@ class SubspaceFamily(PlainFamily):
 
     def __init__(self, config: Any, model: nn.Module) -> None:
         self.config = config
+        self.task, self.p_loss = config.task, config.p_loss
         self.points = parse_points(config.eval_points) or default_points(model)
         self.ensembles = parse_ensembles(config.eval_ensembles)
         check_points(model.subspace_config, self.points, self.ensembles)
@@ -287,9 +358,10 @@ class SubspaceFamily(PlainFamily):
         return extract_point(model, self.points[0])
 
     def metric_names(self) -> list[str]:
-        names = METRICS + self.rank_names()
-        names += [f"point{point_name(p)}_{k}" for p in self.points for k in METRICS + self.rank_names()]
-        names += [f"{ensemble_name(e)}_{k}" for e in self.ensembles for k in METRICS]
+        base = self.base_names()
+        names = base + self.rank_names()
+        names += [f"point{point_name(p)}_{k}" for p in self.points for k in base + self.rank_names()]
+        names += [f"{ensemble_name(e)}_{k}" for e in self.ensembles for k in base]
         return names
 
     def loss(self, run: Any, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -309,6 +381,8 @@ class SubspaceFamily(PlainFamily):
             bn_batches=self.config.bn_recal_batches,
             average=self.config.ensemble_average,
             gather=gather,
+            task=self.task,
+            p_loss=self.p_loss,
         )
         points = [
             flat(m) | self.point_rank(model, res, i, run.val_loader, gather)
@@ -337,7 +411,7 @@ class SubspaceFamily(PlainFamily):
         named += [
             (ensemble_name(e), m) for e, m in zip(detail.ensembles, detail.ensemble_metrics, strict=True)
         ]
-        return {name: m.reliability.to_dict() for name, m in named}
+        return _bins(named)
 
     def export(self, run: Any, model: nn.Module, metrics: dict[str, float], detail: Any) -> dict[str, Any]:
         exports = []
@@ -345,6 +419,8 @@ class SubspaceFamily(PlainFamily):
             plain = extract_point(model, p, detail.bn_stats[i] if detail.bn_stats else None)  # as evaluated
             if run.acc.is_main_process:
                 exports.append(save_weights(plain, run.folder / f"point-{point_name(p)}.safetensors"))
+            if i == 0:  # the stock model of the subspace: its first point
+                exports += self.export_blocks(run, plain)
         return {"param_count_point": sum(p.numel() for p in plain.parameters()), "exports": exports}
 
     def validate(self, model: nn.Module, val_loader: Any, bn_loader: Any, gather: Any) -> dict[str, Any]:
@@ -357,6 +433,8 @@ class SubspaceFamily(PlainFamily):
             bn_batches=self.config.bn_recal_batches,
             average=self.config.ensemble_average,
             gather=gather,
+            task=self.task,
+            p_loss=self.p_loss,
         )
         points = [
             {"point": p} | timm_record(m) | self.point_rank(model, res, i, val_loader, gather)
@@ -375,6 +453,11 @@ class SubspaceFamily(PlainFamily):
                 "param_count_point": _millions(extract_point(model, res.points[0])),
             }
         )
+
+
+def _bins(named: list[tuple[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The reliability bins of named metrics that have them (classification; regression has none)."""
+    return {name: m.reliability.to_dict() for name, m in named if getattr(m, "reliability", None) is not None}
 
 
 FAMILIES: list[type[PlainFamily]] = [SubspaceFamily, OpFamily, PlainFamily]

@@ -3,15 +3,19 @@
 ``train(TrainConfig(...))`` runs it. The loop reads top to bottom like accelerate's examples; what
 differs between op, subspace and plain models (the loss, the evaluation every epoch, the exports)
 is the family strategy's (``train/families.py``), and research instruments attach as callbacks
-(``train/callbacks.py``). Evaluation works on copies of the unwrapped model. The experiment folder
-gets ``args.yaml`` (the config, readable by ``TrainConfig.from_yaml``), ``summary.csv``,
-``results.json``, checkpoints (``last``, ``best``, history) and the stock-timm export
-(``collapsed.safetensors`` or ``point-<p>.safetensors``).
+(``train/callbacks.py``; the research flags ``--pvar``, ``--dynamic-lr`` and ``--store-grad`` attach
+those of ``timm_overparam.research.callbacks``). The task (``--task classification|regression``)
+chooses the criterion (cross-entropy, or the p-loss ``PLoss``) and the metrics. Evaluation works on
+copies of the unwrapped model. The experiment folder gets ``args.yaml`` (the config, readable by
+``TrainConfig.from_yaml``), ``summary.csv``, ``results.json``, checkpoints (``last``, ``best``,
+history) and the stock-timm export (``collapsed.safetensors`` or ``point-<p>.safetensors``; models
+with ``block_weights()`` also ``blocks.safetensors``).
 """
 
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import math
@@ -36,6 +40,7 @@ from tqdm import tqdm
 
 from timm_overparam.core.atomic import write_text_atomic
 from timm_overparam.core.weights import load_weights
+from timm_overparam.eval.metrics import PLoss
 from timm_overparam.train.callbacks import CallbackList
 from timm_overparam.train.checkpoint import (
     Checkpoints,
@@ -43,7 +48,7 @@ from timm_overparam.train.checkpoint import (
     read_callbacks,
     read_state,
 )
-from timm_overparam.train.config import TrainConfig, load_callback, mixed_precision
+from timm_overparam.train.config import TrainConfig, default_eval_metric, load_callback, mixed_precision
 from timm_overparam.train.data import (
     DIGITS,
     DataInfo,
@@ -52,11 +57,13 @@ from timm_overparam.train.data import (
     describe,
     loader,
     open_dataset,
+    tensor_data_config,
     transforms,
 )
 from timm_overparam.train.families import family_of
 
-DECREASING = ("loss", "ece")  # metrics where lower is better
+DECREASING = ("loss", "ece", "mae")  # metrics where lower is better
+RESEARCH_CALLBACKS = "timm_overparam.research.callbacks"  # the module of the research flags' callbacks
 DIGITS_SIZE = 32  # the 8x8 digits are upsampled to this unless --img-size says otherwise
 
 
@@ -85,11 +92,20 @@ def create_model(args: Any, info: DataInfo) -> nn.Module:
         kwargs["subspace_layerwise"] = True
     if args.pretrained_path and not os.path.isfile(args.pretrained_path):
         raise ValueError(f"--pretrained-path {args.pretrained_path!r} is not a file")
+    if info.task == "regression":
+        if args.num_classes not in (None, info.outputs):
+            raise ValueError(
+                f"--num-classes {args.num_classes}: a regression model has one output per target dimension "
+                f"({info.outputs} here); leave --num-classes out"
+            )
+        num_classes = info.outputs
+    else:
+        num_classes = args.num_classes or info.num_classes
     try:
         model = timm.create_model(
             args.model,
             pretrained=args.pretrained,
-            num_classes=args.num_classes or info.num_classes,
+            num_classes=num_classes,  # timm's head size: the classes, or the regression outputs
             in_chans=args.in_chans or info.in_chans,
             **kwargs,
         )
@@ -124,26 +140,40 @@ def check_pretrained_file(model: nn.Module, path: str) -> None:
 
 
 def open_data(args: Any) -> tuple[Any, Any, DataInfo]:
-    """Train and validation datasets (without transforms yet) and their classes/channels; the train
-    set is a ``TrainingView`` with ``--train-fraction`` < 1 or ``--label-noise`` > 0."""
-    train_set = open_dataset(
-        args.dataset, args.data_dir, args.train_split, download=args.dataset_download, train=True
+    """Train and validation datasets (without transforms yet) and what the model needs of them
+    (``describe``); the train set is a ``TrainingView`` with ``--train-fraction`` < 1 or
+    ``--label-noise`` > 0. The data's task (regression for float targets) must be ``--task``."""
+    options = dict(
+        download=args.dataset_download,
+        seed=args.seed,
+        synthetic_samples=args.synthetic_samples,
+        synthetic_c=args.synthetic_c,
     )
+    train_set = open_dataset(args.dataset, args.data_dir, args.train_split, train=True, **options)
+    info = describe(train_set)
+    if info.task != args.task:
+        if info.task == "regression":
+            raise ValueError(f"dataset {args.dataset!r} has regression targets: add --task regression")
+        raise ValueError(
+            f"--task {args.task} needs float targets (synthetic/sin, synthetic/constant); dataset "
+            f"{args.dataset!r} has classes: leave --task out (classification)"
+        )
     if args.train_fraction < 1 or args.label_noise > 0:
         train_set = TrainingView(
             train_set, fraction=args.train_fraction, noise=args.label_noise, seed=args.seed
         )
-    val_set = open_dataset(
-        args.dataset, args.data_dir, args.val_split, download=args.dataset_download, train=False
-    )
-    return train_set, val_set, describe(train_set)
+    val_set = open_dataset(args.dataset, args.data_dir, args.val_split, train=False, **options)
+    return train_set, val_set, info
 
 
 def set_transforms(
     args: Any, model: nn.Module, train_set: Any, val_set: Any, augment: bool = True
 ) -> dict[str, Any]:
     """Give both datasets timm's transforms for ``model`` (the train set's without augmentation
-    unless ``augment``); returns the data config used."""
+    unless ``augment``); returns the data config used. Tensor data (``tensor_inputs``: the synthetic
+    vectors) gets no transform; its config is ``tensor_data_config``."""
+    if getattr(train_set, "tensor_inputs", False):
+        return tensor_data_config(describe(train_set))
     if args.img_size is None and args.input_size is None and args.dataset == DIGITS:
         args.img_size = DIGITS_SIZE
     in_chans = args.in_chans or describe(train_set).in_chans
@@ -154,12 +184,59 @@ def set_transforms(
     return config
 
 
+def make_criterion(config: Any) -> nn.Module:
+    """The training criterion of ``config``: cross-entropy (label-smoothed with ``--smoothing``), or
+    for ``--task regression`` the p-loss (``eval.metrics.PLoss``, ``--p-loss``); both are means over
+    the samples of the batch.
+
+    >>> make_criterion(TrainConfig(task="regression", p_loss=3))
+    PLoss(p=3.0)
+    """
+    if config.task == "regression":
+        return PLoss(config.p_loss)
+    return LabelSmoothingCrossEntropy(config.smoothing) if config.smoothing else nn.CrossEntropyLoss()
+
+
+def research_callbacks(config: Any) -> list[Any]:
+    """The callbacks the research flags ask for, from ``timm_overparam.research.callbacks`` (imported
+    only when a flag is set): ``PVariationLogger(p, every)`` for ``--pvar`` (``--pvar-every``),
+    ``DynamicLR(p)`` for ``--dynamic-lr``, ``OmegaRecorder()`` for ``--store-grad``, in this order.
+
+    >>> research_callbacks(TrainConfig())
+    []
+    """
+    if config.pvar is None and not config.dynamic_lr and not config.store_grad:
+        return []
+    module = importlib.import_module(RESEARCH_CALLBACKS)
+    callbacks: list[Any] = []
+    if config.pvar is not None:
+        callbacks.append(module.PVariationLogger(p=config.pvar, every=config.pvar_every))
+    if config.dynamic_lr:
+        callbacks.append(module.DynamicLR(p=config.pvar))
+    if config.store_grad:
+        callbacks.append(module.OmegaRecorder())
+    return callbacks
+
+
 class Trainer:
     """One training run (see the module docstring); ``run()`` does it all.
 
     What callbacks see as ``run``: ``config``, ``acc`` (the Accelerator), ``unwrapped`` (the model),
     ``optimizer``, ``family``, ``epoch``, ``step`` (optimizer updates done), ``folder``,
     ``is_main_process`` and ``log(metrics)``.
+
+    For callbacks that need the gradient of the loss with respect to the model's outputs (Omega(t),
+    ``--store-grad``) the protocol has no loss hook: such a callback registers a forward hook on
+    ``run.unwrapped`` in ``on_run_start`` and, on an output that requires grad, a tensor hook
+    (``output.register_hook``). Evaluation runs under ``torch.no_grad()`` on copies of the model
+    (which carry the forward hooks), so the hook must skip outputs with ``requires_grad`` False. The
+    run tells it how the loss was formed: ``run.criterion`` (the per-batch criterion),
+    ``run.loss_reduction == "mean"`` (the batch loss is the mean over its samples, a subspace model's
+    the mean over ``--num-samples`` equal chunks of their means), ``run.grad_accum_steps``,
+    ``run.batch_samples`` (samples of the current training batch on this process), and
+    ``run.output_grad_scale``: multiply ``d loss / d output`` by it to get each sample's
+    ``d loss_i / d yhat_i`` (it undoes the mean, accelerate's division by ``--grad-accum-steps`` and
+    float16 ``--amp``'s loss scale).
 
     Example: ``Trainer(TrainConfig(model="resnet18_op3", epochs=1)).run()``
     """
@@ -168,7 +245,10 @@ class Trainer:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"Trainer takes a TrainConfig, got a {type(config).__name__}")
         cfg = self.config = config.replace()  # a checked copy: the run may fill in defaults (img_size)
-        self.callbacks = CallbackList([load_callback(c) if isinstance(c, str) else c for c in cfg.callbacks])
+        cfg.eval_metric = default_eval_metric(cfg)  # top1, or loss for regression, unless given
+        self.callbacks = CallbackList(
+            [load_callback(c) if isinstance(c, str) else c for c in cfg.callbacks] + research_callbacks(cfg)
+        )
         self.acc = Accelerator(
             mixed_precision=mixed_precision(cfg),
             gradient_accumulation_steps=cfg.grad_accum_steps,
@@ -179,12 +259,17 @@ class Trainer:
         set_seed(cfg.seed)
         train_set, val_set, info = open_data(cfg)
         num_classes = cfg.num_classes or info.num_classes
-        if num_classes < 2:
+        if cfg.task == "classification" and num_classes < 2:
             raise ValueError(
                 f"the training data has {num_classes} class: classification needs at least 2 "
                 f"(check --data-dir and --train-split, or pass --num-classes)"
             )
         model = create_model(cfg, info)
+        if cfg.pvar is not None and not callable(getattr(model, "block_weights", None)):
+            raise ValueError(
+                f"--pvar follows the path of a model's residual block weights: {cfg.model!r} has no "
+                f"block_weights() (use depth_limit_resnet, or a model that defines it)"
+            )
         if cfg.initial_checkpoint:
             load_weights(model, cfg.initial_checkpoint)
         self.family = family_of(model, cfg)
@@ -221,7 +306,10 @@ class Trainer:
             updates_per_epoch=math.ceil(len(self.train_loader) / cfg.grad_accum_steps),
         )
         self.ema = ModelEmaV3(self.unwrapped, decay=cfg.model_ema_decay) if cfg.model_ema else None
-        self.criterion = LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing else nn.CrossEntropyLoss()
+        self.criterion = make_criterion(cfg)
+        self.loss_reduction = "mean"  # for callbacks that rescale output gradients (see the class doc)
+        self.grad_accum_steps = cfg.grad_accum_steps
+        self.batch_samples = cfg.batch_size  # of the current training batch, set by train_epoch
         names = self.metric_names()
         if cfg.eval_metric not in names:
             raise ValueError(f"--eval-metric {cfg.eval_metric!r} is not one of {names}")
@@ -234,7 +322,7 @@ class Trainer:
             )
             self.callbacks.load(read_callbacks(cfg.resume), repr(str(cfg.resume)))
             self.start_epoch, self.step = state.epoch, state.step
-            if self.start_epoch:
+            if self.start_epoch and self.scheduler is not None:
                 self.scheduler.step(self.start_epoch)
         self.folder, self.lock = self._claim_folder()  # last: nothing below can fail
         self.checkpoints = Checkpoints(self.acc, self.folder, decreasing, cfg.checkpoint_hist)
@@ -246,6 +334,15 @@ class Trainer:
     @property
     def is_main_process(self) -> bool:
         return self.acc.is_main_process
+
+    @property
+    def output_grad_scale(self) -> float:
+        """The factor from ``d loss / d output`` (what a tensor hook on the model's output sees during
+        the backward of the current batch) to each sample's ``d loss_i / d yhat_i``: the batch's
+        samples times ``--grad-accum-steps``, over float16 ``--amp``'s current loss scale."""
+        scaler = getattr(self.acc, "scaler", None)
+        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
+        return self.batch_samples * self.grad_accum_steps / scale
 
     def metric_names(self) -> list[str]:
         """The metrics every evaluation of this run reports (the choices of ``--eval-metric``)."""
@@ -333,6 +430,7 @@ class Trainer:
         )
         start, steps = time.perf_counter(), self.step
         for i, (x, y) in enumerate(bar):
+            self.batch_samples = len(x)
             with acc.accumulate(model):
                 loss = self.family.loss(self, model, x, y)
                 if not acc.gather(torch.isfinite(loss.detach()).reshape(1)).all():
@@ -347,7 +445,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             if acc.sync_gradients:
                 self.step += 1
-                self.scheduler.step_update(self.step)
+                if self.scheduler is not None:  # --sched none: the lr is left alone (or to a callback)
+                    self.scheduler.step_update(self.step)
                 if self.ema is not None:
                     self.ema.update(self.unwrapped, step=self.step)
             total += loss.detach() * len(x)
@@ -417,7 +516,8 @@ class Trainer:
             start = time.perf_counter()
             train = self.train_epoch(epoch)
             metrics = self.evaluate_all(epoch)
-            self.scheduler.step(epoch + 1, metrics[cfg.eval_metric])
+            if self.scheduler is not None:
+                self.scheduler.step(epoch + 1, metrics[cfg.eval_metric])
             lr = self.optimizer.param_groups[0]["lr"]
             if acc.is_main_process:  # before the checkpoint: a resume drops rows of unsaved epochs
                 summary = self.folder / "summary.csv"
@@ -431,8 +531,9 @@ class Trainer:
                     **{f"train_{k}": v for k, v in train.items()},
                     "lr": lr,
                     **{f"eval_{k}": v for k, v in metrics.items()},
+                    "epoch": epoch,
                 },
-                step=epoch,
+                step=self.step,  # one axis with what callbacks log per update: optimizer updates
             )
             shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "_" not in k)
             self.say(
@@ -482,11 +583,12 @@ class Trainer:
     # ------------------------------------------------------------------------------- messages
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         """Log ``metrics`` to the run's trackers (wandb) from the main process, at ``step`` (default:
-        the current epoch, the step of the epoch metrics). Without trackers it does nothing.
+        the optimizer updates done, the axis of every log of a run: the epoch metrics are logged at
+        the epoch's last update with an ``epoch`` key). Without trackers it does nothing.
 
         Example: ``run.log({"weight_norm": 12.5})``
         """
-        self.acc.log(metrics, step=self.epoch if step is None else step)
+        self.acc.log(metrics, step=self.step if step is None else step)
 
     def say(self, text: str) -> None:
         """Print ``text`` on the main process."""

@@ -122,6 +122,19 @@ def create_model(args: Any, info: DataInfo) -> nn.Module:
         ) from e
 
 
+def plain_sgd(opt: str, momentum: float) -> str:
+    """timm's optimizer name for ``--opt``, with Nesterov SGD at momentum 0 as plain SGD.
+
+    timm's ``sgd``/``nesterov`` set ``nesterov=True``, which torch refuses without momentum; at
+    momentum 0 Nesterov's update is plain SGD, timm's ``momentum`` optimizer (seed 002's recipe
+    is ``--opt sgd --momentum 0``).
+
+    >>> plain_sgd("sgd", 0.0), plain_sgd("sgd", 0.9), plain_sgd("adamw", 0.0)
+    ('momentum', 'sgd', 'adamw')
+    """
+    return "momentum" if momentum == 0 and opt.lower() in ("sgd", "nesterov") else opt
+
+
 def check_pretrained_file(model: nn.Module, path: str) -> None:
     """Raise if the weights file ``path`` lacks tensors of ``model``'s stock form (its classifier aside).
 
@@ -287,7 +300,12 @@ class Trainer:
             )
         opt_kwargs = {k: v for k, v in (("eps", cfg.opt_eps), ("betas", cfg.opt_betas)) if v is not None}
         optimizer = create_optimizer_v2(
-            model, cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, **opt_kwargs
+            model,
+            plain_sgd(cfg.opt, cfg.momentum),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            momentum=cfg.momentum,
+            **opt_kwargs,
         )
         self.model, self.optimizer, self.train_loader, self.val_loader = self.acc.prepare(
             model, optimizer, train_loader, val_loader

@@ -141,3 +141,18 @@ def test_module_entry_point(tmp_path):
 def test_fit_is_a_plain_record():
     fit = Fit(C=1.0, rho=2.0, T0=3.0, stderr={"C": 0.1, "rho": 0.2, "T0": 0.3}, infer_shift=True)
     assert float(fit(1.0)) == pytest.approx(1 / 16) and fit.n_points == 0
+
+
+def test_a_fit_that_does_not_converge_is_a_clear_error(monkeypatch):
+    """scipy's RuntimeError (no convergence, e.g. on a nearly flat Omega) becomes a ValueError saying why."""
+    from timm_overparam.research import curve_fit as module
+
+    def fails(*args, **kwargs):
+        raise RuntimeError(
+            "Optimal parameters not found: The maximum number of function evaluations is exceeded."
+        )
+
+    monkeypatch.setattr(module, "curve_fit", fails)
+    t = np.arange(200.0)
+    with pytest.raises(ValueError, match=r"did not converge .* a nearly flat series"):
+        fit_omega(t, 1.9946 - 4e-6 * t, infer_shift=True)

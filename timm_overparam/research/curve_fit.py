@@ -229,9 +229,17 @@ def fit_omega(
     else:
         p0 = _start(t, y, 1.0, b)
         func = _unshifted
-    popt, pcov = curve_fit(
-        func, t, y, p0=p0, bounds=(lower, upper), method="trf", x_scale="jac", maxfev=20000
-    )
+    try:
+        popt, pcov = curve_fit(
+            func, t, y, p0=p0, bounds=(lower, upper), method="trf", x_scale="jac", maxfev=20000
+        )
+    except RuntimeError as e:  # scipy's "optimal parameters not found"
+        spread = float(np.ptp(y) / max(abs(float(np.mean(y))), 1e-300))
+        raise ValueError(
+            f"the fit of C/(t+T0)^rho did not converge ({e}); Omega varies by {spread:.2g} of its mean "
+            f"over the {len(t)} points kept: a nearly flat series has no decay to fit (train longer, "
+            f"or fit without --infer-shift, or set --bound)"
+        ) from None
     with np.errstate(invalid="ignore"):
         err = np.sqrt(np.diag(pcov))
     stderr = {n: float(e) for n, e in zip(names, err, strict=True)}

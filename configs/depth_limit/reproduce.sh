@@ -6,12 +6,13 @@ out=output/depth_limit figs=docs/depth_limit
 mkdir -p "$figs"
 sgd=(--opt sgd --momentum 0 --weight-decay 0 --warmup-epochs 0)
 
-# 1. regression on Sin (the seed's recipe, full batch): p-variation and Omega(t) logged per update
-python train.py --model depth_limit_resnet --dataset synthetic/sin --task regression --p-loss 2 \
-    --synthetic-samples 20000 -b 18000 --model-kwargs L=128 dim=1 alpha=0.75 gamma=1.0 init=constant \
-    augmentation=skip "${sgd[@]}" --lr 9.0 --sched none --epochs 200 --pvar 2.0 --store-grad \
-    --output "$out" --experiment sin-L128
-python -m timm_overparam.research.curve_fit "$out/sin-L128" --infer-shift --out "$figs/omega_fit_sin.png"
+# 1. regression (the seed README's example: Constant data, N = 10,000, full batch, L = 128, dim 1):
+#    p-variation and Omega(t) logged per update, Omega(t) fitted
+python train.py --model depth_limit_resnet --dataset synthetic/constant --task regression --p-loss 2 \
+    --synthetic-samples 10000 -b 9000 --model-kwargs L=128 dim=1 alpha=0.75 gamma=1.0 init=constant \
+    augmentation=skip "${sgd[@]}" --lr 9.0 --sched none --epochs 25 --pvar 2.0 --store-grad \
+    --output "$out" --experiment constant-L128
+python -m timm_overparam.research.curve_fit "$out/constant-L128" --infer-shift --out "$figs/omega_fit_constant.png"
 
 # 2. classification on the embedded digits (8x8 = 64 inputs), --dynamic-lr
 python train.py --model depth_limit_resnet --img-size 8 --model-kwargs L=100 dim=15 alpha=0.75 \

@@ -83,8 +83,8 @@ def test_random_walks_match_the_dynamic_programme(d):
 
 def test_many_small_random_paths():
     rng = np.random.default_rng(0)
-    for t in range(240):
-        n = int(rng.integers(1, 120))
+    for t in range(480):
+        n = int(rng.integers(1, 300))
         d = int(rng.choice([1, 1, 2, 3, 6, 17]))
         kind = t % 6
         if kind == 0:
@@ -185,6 +185,29 @@ def test_float64_cross_step_when_float32_would_overflow(monkeypatch):
     assert_close(p_variation(x, 8), oracle(x, 8))
     assert 0.0 in scales and any(scales)  # both precisions ran
     assert_close(p_variation(x, 2.5), oracle(x, 2.5))
+
+
+def test_torch_threads_are_restored_and_reduced_precision_products_are_not_trusted(monkeypatch):
+    rng = np.random.default_rng(8)
+    x = walk(rng, 150, 12)
+    want = oracle(x, 2.5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    precision = torch.get_float32_matmul_precision()
+    scales = []
+    value_scale = pv._Dense._value_scale
+    monkeypatch.setattr(pv._Dense, "_value_scale", lambda *a: scales.append(value_scale(*a)) or scales[-1])
+    try:
+        assert_close(p_variation(x, 2.5), want)
+        assert torch.get_num_threads() == 2  # one thread inside the call only
+        assert scales
+        torch.set_float32_matmul_precision("medium")  # float32 products may be bf16: use float64
+        scales.clear()
+        assert_close(p_variation(x, 2.5), want)
+        assert not scales
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.set_num_threads(threads)
 
 
 def test_translation_and_point_order_reversal_do_not_change_the_value():

@@ -8,8 +8,9 @@ programme ``run[j] = max_{m < j} run[m] + |x_j - x_m|^p`` (``run[0] = 0``, value
 Two exact algorithms, each faster than that O(n^2 d) programme on the paths of the depth-limit
 study (random-walk-like weight paths); every rule that skips work carries its proof below.
 
-- d = 1: the path is reduced to its turning points, then a sparse dynamic programme runs over the
-  "valid pairs" only (on a random walk about 6 pairs per point instead of n / 2).
+- d = 1: the path is reduced to its turning points, small zig-zags that no optimal chain needs
+  are dropped, then a sparse dynamic programme runs over the "valid pairs" only (on a random walk
+  about 4 pairs per remaining point instead of n / 2).
 - d > 1: divide and conquer over the index range; the contribution of each left half to each right
   half is estimated with one matrix product (``|a - b|^2 = |a|^2 + |b|^2 - 2 a.b``, in float32
   where its range allows, with a proven rounding bound) and only the entries that can be a
@@ -21,6 +22,7 @@ the sum above. p >= 1 throughout (the original refuses p < 1).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import sys
@@ -31,8 +33,8 @@ import numpy as np
 __all__ = ["p_variation"]
 
 _U = 2.0**-53  # unit roundoff of float64
-_LEAF = 32  # index ranges of at most this many points are solved directly (d > 1 and dense d = 1)
-_CHUNK = 1 << 21  # entries of one (rows x columns) block of the cross step: 16 MiB of float64
+_LEAF = 16  # index ranges of at most this many points are solved directly (d > 1 and dense d = 1)
+_CHUNK = 1 << 20  # entries of one (rows x columns) block of the cross step (4 MiB in float32)
 _EXACT_D = 4  # up to this dimension the cross step uses coordinate differences, no matrix product
 _ROUNDING = 128  # budget, in units of the working precision, for pow, casts and sums (see _pow)
 
@@ -165,8 +167,26 @@ def _as_path(path) -> np.ndarray:
 #  pairs (each is a chain of the path: value <= V*), and Q is one of them: max_j R[j] = V*.
 #  For a peak j the valid m are the backward strict-minimum records m_1 = j-1, m_{k+1} =
 #  PS(m_k) (PS: previous strictly smaller value), as long as m_k > PG(j) (previous strictly greater
-#  value than y_j); troughs mirror this. A random walk has few such records (about 6 per point).
+#  value than y_j); troughs mirror this. A random walk has few such records (about 4 per point).
 #  Inputs with many valid pairs (for instance staircases with p near 1) use the dense programme.
+#
+# R2 (small zig-zags; applied before R1, it halves the valid pairs of a random walk). Let a, b, c,
+# e be consecutive in S with U^p >= u1^p + u2^p + u3^p, U = |y_e - y_a|, u1 = |y_b - y_a|, u2 =
+# |y_c - y_b|, u3 = |y_e - y_c|. Then some optimal chain avoids b and c. Say y_a < y_b (the other
+# case is the mirror image). As S alternates, U^p > u1^p, u3^p forces y_e - y_a = u1 - u2 + u3 >
+# u1, u3, i.e. y_a < y_c < y_b < y_e. Take Q as in R1 (optimal, fewest points, then largest index
+# sum); its consecutive points are valid pairs. If b is in Q it is a peak of Q (a lower point
+# y_a or y_c lies inside any pair making it a trough); its successor w satisfies y_b > y_z on
+# (b, w], so w = c as y_e > y_b; and b is not last (replacing it by e would gain). Likewise c in Q
+# is a trough whose predecessor is b, and c is not first (replacing it by a would gain). So if Q
+# meets {b, c}, it holds u, b, c, v consecutively, where validity gives Y_u <= y_a and Y_v >= y_e
+# (u or v may be absent). With A = y_a - Y_u >= 0, C = Y_v - y_e >= 0:
+#     g(A, C) = (A + U + C)^p - (A + u1)^p - u2^p - (u3 + C)^p
+# has g(0, 0) >= 0 and dg/dA = p((A + U + C)^(p-1) - (A + u1)^(p-1)) >= 0 (U + C >= u1), likewise
+# dg/dC >= 0: deleting b and c does not decrease the sum (with u absent compare with a, v, ...:
+# (U + C)^p > u2^p + (u3 + C)^p; with v absent, symmetric), contradicting "fewest points". The
+# rule is applied in passes at positions k = r (mod 3) (their quadruples share at most an end
+# point, so each stays four consecutive points of the current set), while passes remove > 1%.
 
 
 def _pvar_1d(y: np.ndarray, p: float) -> float:
@@ -176,6 +196,8 @@ def _pvar_1d(y: np.ndarray, p: float) -> float:
         return 0.0
     if m == 2:
         return float(abs(v[1] - v[0]) ** p)
+    v = _drop_small_zigzags(v, p)
+    m = len(v)
     pairs = _valid_pairs(v, limit=24 * m + 4096)
     if pairs is None:  # many valid pairs: the dense programme is cheaper
         return _Dense(v[:, None], p).solve()
@@ -192,6 +214,24 @@ def _turning_points(y: np.ndarray) -> np.ndarray:
     keep = np.ones(len(idx), dtype=bool)
     keep[1:-1] = up[:-1] != up[1:]
     return idx[keep]
+
+
+def _drop_small_zigzags(v: np.ndarray, p: float) -> np.ndarray:
+    """Rule R2 in passes over the alternating values v; returns the values kept."""
+    removed = [len(v)] * 3  # removals of the last three passes (one per residue class)
+    for r in range(3 * 20):
+        if len(v) < 4 or sum(removed) <= len(v) // 100:
+            break
+        inc = np.abs(np.diff(v)) ** p
+        ok = np.abs(v[3:] - v[:-3]) ** p >= inc[:-2] + inc[1:-1] + inc[2:]
+        k = np.flatnonzero(ok[r % 3 :: 3]) * 3 + r % 3
+        removed[r % 3] = 2 * len(k)
+        if len(k):
+            keep = np.ones(len(v), dtype=bool)
+            keep[k + 1] = False
+            keep[k + 2] = False
+            v = v[keep]
+    return v
 
 
 def _previous_beyond(v: np.ndarray, smaller: bool) -> np.ndarray:
@@ -268,7 +308,8 @@ def _sparse_dp(v: np.ndarray, p: float, m: np.ndarray, j: np.ndarray) -> float:
 # Cross step with a matrix product (d > _EXACT_D). Rows m (left half, run[m] known), columns j.
 # Centre c = x[mid - 1], a = x_m - c, b = x_j - c (float64), scaled by s = 2^-k so that all
 # |a|, |b| <= 1, and rounded to the working precision (float32, machine unit u = 2^-24; float64,
-# u = 2^-53, where float32 could overflow). One product of [a, |a|^2, 1] and [-2b, 1, |b|^2]
+# u = 2^-53, where float32 could overflow or torch may cut float32 products' precision). One
+# product (torch, one thread) of [a, |a|^2, 1] and [-2b, 1, |b|^2]
 # gives D~2(m, j) ~ D^2 = |x_m - x_j|^2 s^2 with
 #     |D~2 - D^2| <= delta = (d + 10) u (max|a| + max|b|)^2 (+ 1e-40 for float32 underflow)
 # whatever the summation order: |fl(sum of k terms) - sum| <= gamma_{k-1} sum |terms| bounds the
@@ -289,6 +330,30 @@ def _sparse_dp(v: np.ndarray, p: float, m: np.ndarray, j: np.ndarray) -> float:
 # in float64, which keeps the result exact; nothing else is skipped.
 
 
+@contextlib.contextmanager
+def _torch_one_thread():
+    """torch, with its intra-op threads set to 1 for the block (restored after). The products
+    are small and many: on a 2-core machine with one core busy elsewhere, multi-threaded BLAS
+    (numpy's or torch's) made them 5-15x slower, one thread never."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield torch
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _float32_matmul_is_ieee(torch) -> bool:
+    """False if torch may run float32 products in reduced precision (TF32/bf16 settings): the
+    rounding bound of the cross step assumes IEEE float32, so those products then use float64."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    matmul = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    return getattr(matmul, "fp32_precision", "none") in ("none", "ieee")
+
+
 @functools.cache
 def _pairs_below(s: int) -> tuple[np.ndarray, np.ndarray]:
     """(m, j) index arrays of all pairs m < j < s."""
@@ -299,7 +364,6 @@ def _pairs_below(s: int) -> tuple[np.ndarray, np.ndarray]:
 class _Dense:
     def __init__(self, x: np.ndarray, p: float):
         self.x = x
-        self.p = p
         self.q = p / 2.0
         n, d = x.shape
         self.d = d
@@ -308,7 +372,13 @@ class _Dense:
 
     def solve(self) -> float:
         with np.errstate(over="ignore", under="ignore"):  # |x|^p beyond float64 gives inf, as it should
-            self._solve(0, len(self.x))
+            if self.d <= _EXACT_D:
+                self._solve(0, len(self.x))
+            else:
+                with _torch_one_thread() as torch:
+                    self.torch = torch
+                    self.float32 = _float32_matmul_is_ieee(torch)
+                    self._solve(0, len(self.x))
         return float(self.run[-1])
 
     def _solve(self, lo: int, hi: int) -> None:
@@ -398,7 +468,7 @@ class _Dense:
         k = math.frexp(max(amax, bmax))[1]  # > 0: x[mid] != x[mid - 1]
         rl = run[lo:mid]
         rbase, rtop = float(rl[0]), float(rl[-1])
-        wscale = self._value_scale(k, rtop - rbase)
+        wscale = self._value_scale(k, rtop - rbase) if self.float32 else 0.0
         if wscale:
             dt, u, tiny, scale = np.float32, 2.0**-24, 1e-40, math.ldexp(1.0, -k)
         else:  # scaled values would leave float32's range: float64, unscaled
@@ -407,6 +477,7 @@ class _Dense:
         np.multiply(a, scale, out=lhs[:, :d], casting="same_kind")
         lhs[:, d] = na * scale**2
         lhs[:, d + 1] = 1.0
+        torch_lhs = self.torch.from_numpy(lhs)
         rv = ((rl - rbase) * wscale).astype(dt)
         shift_err = 4 * _U * (abs(rtop) + abs(rbase)) * wscale
         # the bounds of the comment above, taken at the block's largest |a| + |b|
@@ -421,7 +492,7 @@ class _Dense:
             np.multiply(b[j0 - mid : j1 - mid], -2.0 * scale, out=rhs[:, :d], casting="same_kind")
             rhs[:, d] = 1.0
             rhs[:, d + 1] = nb[j0 - mid : j1 - mid] * scale**2
-            v = lhs @ rhs.T  # D~2(m, j)
+            v = self.torch.mm(torch_lhs, self.torch.from_numpy(rhs).T).numpy()  # D~2(m, j)
             np.maximum(v, 0, out=v)
             v = self._pow(v)
             v += rv[:, None]

@@ -445,7 +445,7 @@ def render(
     from timm_overparam.train.config import TrainConfig
     from timm_overparam.train.data import loader
     from timm_overparam.train.loop import create_model, open_data, set_transforms
-    from timm_overparam.train.validation import _weights_file
+    from timm_overparam.train.validation import weights_file as checked_weights_file
 
     if split not in ("train", "validation"):
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
@@ -454,7 +454,7 @@ def render(
     cfg = TrainConfig.from_yaml(str(args_file)).replace(pretrained=False, pretrained_path=None)
     if smoothing is not None:
         cfg = cfg.replace(smoothing=smoothing)
-    weights_file = _weights_file(
+    weights_file = checked_weights_file(
         SimpleNamespace(model=cfg.model, checkpoint=str(checkpoint), use_ema=use_ema)
     )
     state = _processes()

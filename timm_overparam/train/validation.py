@@ -27,7 +27,13 @@ from timm_overparam.train.families import family_of
 from timm_overparam.train.loop import create_model, open_data, set_transforms
 
 
-def _weights_file(args: ValidateConfig) -> Path | None:
+def weights_file(args: ValidateConfig) -> Path | None:
+    """The weights file a validation (or a landscape) reads: ``--checkpoint`` itself, or the model
+    (``--use-ema``: EMA) file of a train.py checkpoint folder, checked against its manifest; None
+    without a checkpoint.
+
+    Example: ``weights_file(ValidateConfig(model="resnet18", checkpoint="output/train/x/best"))``
+    """
     if not args.checkpoint:
         return None
     path = Path(args.checkpoint)
@@ -60,7 +66,7 @@ def validate(config: ValidateConfig) -> dict[str, Any]:
     acc = Accelerator(mixed_precision=mixed_precision(args))
     set_seed(args.seed)
     train_set, val_set, info = open_data(args)
-    weights = _weights_file(args)
+    weights = weights_file(args)
     model = create_model(args, info)
     if weights is not None:
         load_weights(model, weights)

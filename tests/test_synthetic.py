@@ -108,3 +108,13 @@ def test_unknown_synthetic_names_and_splits_are_errors():
         open_dataset("synthetic/cos", None, "train", train=True)
     with pytest.raises(ValueError, match=r"not 'val' \(--val-split\)"):
         open_dataset("synthetic/sin", None, "val", train=False)
+
+
+def test_a_batch_is_fetched_in_one_indexing_with_the_same_items():
+    ds = SinDataset("train", num_samples=200, seed=3)
+    items = ds.__getitems__([5, 0, 5, 17])
+    for (x, y), i in zip(items, [5, 0, 5, 17], strict=True):
+        assert torch.equal(x, ds[i][0]) and torch.equal(y, ds[i][1])
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=False)
+    x, y = next(iter(loader))
+    assert torch.equal(x, ds.x[:64]) and torch.equal(y, ds.y[:64])

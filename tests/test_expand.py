@@ -274,3 +274,39 @@ def test_deep_float32_chain_is_exact(depth, width):
     module.eval()
     with torch.no_grad():
         assert rel_err(module(x), reference(x)) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(depth=3, residual=True),
+        dict(depth=3, residual=True, learnable_residual=True),
+        dict(depth=3, batch_norm=True),
+        dict(depth=4, residual=True, batch_norm=True, factor_bias=True),
+        dict(depth=2, width=2.0, residual=True),
+    ],
+)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Conv2d(8, 8, 3, padding=1, device="meta"),
+        lambda: nn.Conv2d(8, 16, (3, 5), stride=2, groups=2, dilation=(1, 2), device="meta"),
+        lambda: nn.Linear(8, 6, device="meta"),
+    ],
+)
+def test_expansion_with_chain_links_stays_on_the_module_device(options, make):
+    """Every tensor of an expanded module (solve, composition, chain, collapse) follows the module's
+    device: on ``meta`` nothing is computed, so a tensor made on the CPU would fail here as on a GPU."""
+    module = make()
+    expand_module(module, ExpandOptions(**options))
+    assert all(t.is_meta for t in [*module.parameters(), *module.buffers()])
+    x = (
+        torch.empty(2, 8, 9, 9, device="meta")
+        if isinstance(module, nn.Conv2d)
+        else torch.empty(2, 8, device="meta")
+    )
+    assert module.weight.is_meta and module(x).is_meta
+    module.eval()
+    assert module(x).is_meta  # eval: the cached composed weight
+    collapse_module(module)
+    assert type(module) in (nn.Conv2d, nn.Linear) and module.weight.is_meta and module(x).is_meta

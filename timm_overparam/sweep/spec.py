@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from timm_overparam.core.yaml_file import read_yaml_file
 from timm_overparam.sweep.distributions import Parameter, SearchSpace
 
 __all__ = [
@@ -238,13 +237,7 @@ def load_sweep(path: str | os.PathLike) -> SweepSpec:
 
     Example: ``load_sweep("configs/sweeps/digits_depth.yaml").space.grid_size()``
     """
-    try:
-        with open(path) as f:
-            config = yaml.safe_load(f)
-    except OSError as e:
-        raise ValueError(f"cannot read sweep file {str(path)!r}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"sweep file {str(path)!r} is not valid YAML: {' '.join(str(e).split())}") from None
+    config = read_yaml_file(path, "sweep file")
     return parse_sweep(config, source=str(path), name=Path(path).stem)
 
 

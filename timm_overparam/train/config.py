@@ -26,6 +26,8 @@ from typing import Any, ClassVar
 
 import yaml
 
+from timm_overparam.core.yaml_file import read_yaml_file
+
 DIGITS = "sklearn/digits"  # the embedded dataset (see train/data.py)
 SYNTHETIC = ("synthetic/sin", "synthetic/constant")  # regression data of seed 002 (research/synthetic.py)
 TASKS = ("classification", "regression")
@@ -558,13 +560,7 @@ class _Config:
 
         Example: ``TrainConfig.read_yaml("configs/cifar10_resnet18_op3.yaml")["model"]``
         """
-        try:
-            with open(path) as f:
-                values = yaml.safe_load(f)
-        except OSError as e:
-            raise ConfigError(f"cannot read config {path!r}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
+        values = read_yaml_file(path, "config", ConfigError)
         values = {} if values is None else values
         if not isinstance(values, dict):
             raise ConfigError(

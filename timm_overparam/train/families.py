@@ -372,18 +372,7 @@ class SubspaceFamily(PlainFamily):
 
     def evaluate(self, run: Any, model: nn.Module, epoch: int) -> tuple[dict[str, float], Any]:
         gather = run.acc.gather_for_metrics
-        res = evaluate_points(
-            model,
-            run.val_loader,
-            self.points,
-            self.ensembles,
-            bn_loader=run.bn_loader(epoch),
-            bn_batches=self.config.bn_recal_batches,
-            average=self.config.ensemble_average,
-            gather=gather,
-            task=self.task,
-            p_loss=self.p_loss,
-        )
+        res = self.evaluate_points(model, run.val_loader, run.bn_loader(epoch), gather)
         points = [
             flat(m) | self.point_rank(model, res, i, run.val_loader, gather)
             for i, m in enumerate(res.metrics)
@@ -394,6 +383,24 @@ class SubspaceFamily(PlainFamily):
         for e, m in zip(res.ensembles, res.ensemble_metrics, strict=True):
             metrics |= flat(m, f"{ensemble_name(e)}_")
         return metrics, res
+
+    def evaluate_points(
+        self, model: nn.Module, val_loader: Iterable, bn_loader: Iterable, gather: Gather | None
+    ) -> SubspaceResults:
+        """The run's points and ensembles of ``model`` evaluated (each point with BatchNorm
+        statistics recalibrated on ``bn_loader``), as the run's options ask."""
+        return evaluate_points(
+            model,
+            val_loader,
+            self.points,
+            self.ensembles,
+            bn_loader=bn_loader,
+            bn_batches=self.config.bn_recal_batches,
+            average=self.config.ensemble_average,
+            gather=gather,
+            task=self.task,
+            p_loss=self.p_loss,
+        )
 
     def point_rank(
         self, model: nn.Module, res: SubspaceResults, i: int, loader: Iterable, gather: Gather | None
@@ -424,18 +431,7 @@ class SubspaceFamily(PlainFamily):
         return {"param_count_point": sum(p.numel() for p in plain.parameters()), "exports": exports}
 
     def validate(self, model: nn.Module, val_loader: Any, bn_loader: Any, gather: Any) -> dict[str, Any]:
-        res = evaluate_points(
-            model,
-            val_loader,
-            self.points,
-            self.ensembles,
-            bn_loader=bn_loader,
-            bn_batches=self.config.bn_recal_batches,
-            average=self.config.ensemble_average,
-            gather=gather,
-            task=self.task,
-            p_loss=self.p_loss,
-        )
+        res = self.evaluate_points(model, val_loader, bn_loader, gather)
         points = [
             {"point": p} | timm_record(m) | self.point_rank(model, res, i, val_loader, gather)
             for i, (p, m) in enumerate(zip(res.points, res.metrics, strict=True))

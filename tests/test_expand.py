@@ -8,7 +8,7 @@ import torch
 from conftest import randomize_norm_stats, rel_err
 from torch import nn
 
-from timm_overparam import ExpandOptions, collapse_module, expand_module
+from timm_overparam import ExpandOptions, collapse_module, expand_module, overparameterize
 
 CONVS = {
     "stride2_odd": lambda: nn.Conv2d(6, 6, 3, stride=2, padding=1),
@@ -202,6 +202,32 @@ def test_weight_and_bias_are_never_stale_and_assignment_solves():
     module.bias = target_b
     torch.testing.assert_close(module.weight, target_w, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(module.bias, target_b, atol=1e-6, rtol=1e-5)
+
+
+class _ConvLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 3, 4, bias=False)
+        self.fc = nn.Linear(15, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).flatten(1))
+
+
+def test_eval_cache_is_bypassed_under_torch_func_transforms():
+    copies = [overparameterize(_ConvLinear(), depth=3, factor_bias=True).double().eval() for _ in range(3)]
+    assert copies[0].fc.parametrizations.bias[0].__class__.__name__ == "ExpandProjectBias"
+    x = torch.randn(5, 1, 8, dtype=torch.float64)
+    params, buffers = torch.func.stack_module_state(copies)
+    with torch.no_grad():
+        copies[0](x)  # fills copy 0's eval caches: vmap must not serve them to the other copies
+        out = torch.func.vmap(lambda p, b: torch.func.functional_call(copies[0], (p, b), (x,)))(
+            params, buffers
+        )
+        for k, model in enumerate(copies):
+            expected = model(x)
+            assert not torch.allclose(expected, copies[(k + 1) % 3](x))
+            assert rel_err(out[k], expected) <= 1e-12
 
 
 def test_multihead_attention_out_proj_factors_get_gradients():

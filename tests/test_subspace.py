@@ -276,12 +276,17 @@ def test_regularizer_equals_the_formula_on_two_tensors():
     assert top.subspace_regularizer(only_first).item() == pytest.approx(52**2 / (54 * 58), rel=1e-6)
 
 
-def test_regularizer_gradient_is_the_formulas():
-    net = top.subspace(_small_cnn(), "line").double()
+@pytest.mark.parametrize("shape,n", [("line", 2), ("curve", 3)])
+def test_regularizer_gradient_is_the_formulas(shape, n):
+    net = top.subspace(_small_cnn(), shape, n=n).double()
     _random_vertices(net)
-    top.subspace_regularizer(net).backward()
-    pairs = [(p.vertices[0], p.vertices[1]) for m in net.modules() for p in _params(m) if p.regularized]
+    top.subspace_regularizer(net, torch.Generator().manual_seed(5)).backward()
+    i, j = torch.randperm(n, generator=torch.Generator().manual_seed(5))[:2].tolist() if n > 2 else (0, 1)
+    regularized = [p for m in net.modules() for p in _params(m) if p.regularized]
+    pairs = [(p.vertices[i], p.vertices[j]) for p in regularized]
     assert len(pairs) == 3  # two conv weights and the linear weight
+    others = [p.vertices[k] for p in regularized for k in range(n) if k not in (i, j)]
+    assert all(v.grad is None for v in others)
     a = [x.detach().clone().requires_grad_() for x, _ in pairs]
     b = [y.detach().clone().requires_grad_() for _, y in pairs]
     dot = sum((x * y).sum() for x, y in zip(a, b, strict=True))
@@ -293,6 +298,55 @@ def test_regularizer_gradient_is_the_formulas():
     half = top.subspace(nn.Linear(64, 64), init="copy", noise=1.0).half()
     value = top.subspace_regularizer(half)
     assert value.dtype == torch.float32 and 0 < value.item() < 1
+
+
+def test_regularizer_on_a_line_draws_no_random_number():
+    net = top.subspace(nn.Linear(3, 2), "line")
+    _random_vertices(net)
+    g = torch.Generator().manual_seed(1)
+    state, global_state = g.get_state(), torch.get_rng_state()
+    value = top.subspace_regularizer(net, g)
+    assert torch.equal(g.get_state(), state)
+    top.subspace_regularizer(net)
+    assert torch.equal(torch.get_rng_state(), global_state)
+    with torch.no_grad():
+        v0, v1 = (
+            torch.cat([p.vertices[k].reshape(-1) for p in _params(net) if p.regularized]) for k in (0, 1)
+        )
+        assert value.item() == pytest.approx(F.cosine_similarity(v0, v1, dim=0).item() ** 2, rel=1e-5)
+
+
+class _Regularizer(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self) -> torch.Tensor:
+        return top.subspace_regularizer(self.model)
+
+
+def test_regularizer_under_vmap_matches_each_copy():
+    def make() -> _Regularizer:
+        net = top.subspace(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), "line").double()
+        _random_vertices(net)
+        return _Regularizer(net)
+
+    copies = [make() for _ in range(3)]
+    params, buffers = torch.func.stack_module_state(copies)
+    out = torch.func.vmap(lambda p, b: torch.func.functional_call(copies[0], (p, b), ()))(params, buffers)
+    out.sum().backward()
+    assert out.shape == (3,)
+    for k, wrapper in enumerate(copies):
+        value = wrapper()
+        value.backward()
+        assert rel_err(out[k].detach(), value.detach()) <= 1e-12
+        grads = {name: p.grad for name, p in wrapper.named_parameters()}
+        for name, stacked in params.items():
+            if grads[name] is None:  # biases: not regularized
+                assert stacked.grad is None or not stacked.grad[k].any()
+            else:
+                assert rel_err(stacked.grad[k], grads[name]) <= 1e-12, name
+    assert sum(g is not None for g in grads.values()) == 4  # two vertices of two weights
 
 
 def test_regularizer_picks_two_distinct_vertices():

@@ -16,6 +16,7 @@ from timm_overparam.expand.convert import collapse, is_expanded, overparameteriz
 from timm_overparam.expand.layers import OverparamConv1d, OverparamConv2d, OverparamLinear
 from timm_overparam.expand.options import ExpandOptions
 from timm_overparam.expand.parametrization import ExpandProject, collapse_module, expand_module
+from timm_overparam.lab import models as _lab_models  # noqa: F401  (seed 003's models)
 from timm_overparam.models import op as _op_models  # noqa: F401  (registers the entrypoints)
 from timm_overparam.models import subspace as _subspace_models  # noqa: F401
 from timm_overparam.registry import register_architecture, register_new_models

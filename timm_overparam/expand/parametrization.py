@@ -44,9 +44,21 @@ _fx_tracing = (
 )
 
 
+# torch 2.4 to 2.14 (private): not None while a torch.func transform (vmap, grad, ...) is active
+_peek_interpreter_stack = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+
+
 def _tracing() -> bool:
-    """Under torch.export, torch.compile or torch.fx: compose in the graph, never from the eval cache."""
-    return torch.compiler.is_compiling() or _fx_tracing()
+    """Under torch.export, torch.compile, torch.fx or a torch.func transform: compose, never use the eval cache.
+
+    The cache key reads ``data_ptr()``, which functorch's batched (vmap) and wrapped tensors do not
+    have; a torch without ``torch._C._functorch.peek_interpreter_stack`` skips that check.
+    """
+    return (
+        torch.compiler.is_compiling()
+        or _fx_tracing()
+        or (_peek_interpreter_stack is not None and _peek_interpreter_stack() is not None)
+    )
 
 
 def _orthogonal_(mats: Tensor) -> None:

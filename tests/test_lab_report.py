@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from timm_overparam.lab.paired import newcombe_interval, paired_rows, paired_table
 from timm_overparam.lab.report import (
     X_CHOICES,
     load_results,
@@ -225,3 +226,56 @@ def test_write_report(tmp_path):
     assert "![lab](../figures/boolnet.png)" in text
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["boolnet.png"]
     assert sorted(p.name for p in (tmp_path / "bool").iterdir()) == ["report.md", "results.json"]
+
+
+# ------------------------------------------------------------------------------ paired comparisons
+def test_newcombe_interval_matches_the_published_example():
+    # Fagerland, Lydersen & Laake, Statistical Analysis of Contingency Tables (2017), chapter 8: the
+    # paired table [[59, 6], [16, 80]], Newcombe's square-and-add interval -0.1186 to -0.0046
+    low, high = newcombe_interval(59, 6, 16, 80)
+    assert (round(low, 4), round(high, 4)) == (-0.1186, -0.0046)
+    # no discordant pairs and every pair a success: the interval still holds 0 and stays in [-1, 1]
+    low, high = newcombe_interval(20, 0, 0, 0)
+    assert -1.0 <= low <= 0.0 <= high <= 1.0
+    with pytest.raises(ValueError, match="at least one pair"):
+        newcombe_interval(0, 0, 0, 0)
+
+
+def test_paired_rows_pair_restarts_by_seed(tmp_path):
+    def config(model, family, seeds, metric):
+        return {"model": model, "base": "naive", "family": family, "size": 2, "trainable_params": 11,
+                "deployed_params": 11, "seed_x": 11, "seeds": seeds, "metric": metric}  # fmt: skip
+
+    results = {
+        "version": 1,
+        "experiment": "pattern",
+        "settings": {"restarts": 5, "metric": "accuracy", "success": 0.99},
+        "configs": {
+            "naive:2": config("naive", "plain", [1, 2, 3, 4, 5], [0.5, 1.0, 1.0, 0.5, 1.0]),
+            # seed 9 has no partner: left out
+            "naive_op2:2": config("naive_op2", "op", [1, 2, 3, 4, 5, 9], [1.0, 1.0, 0.5, 1.0, 1.0, 0.2]),
+        },
+    }
+    (row,) = paired_rows(results)
+    assert (row.model, row.base, row.size, row.n) == ("naive_op2", "naive", 2, 5)
+    # differences 0.5, 0, -0.5, 0.5, 0
+    assert row.metric.mean == pytest.approx(0.1) and (
+        row.metric.wins,
+        row.metric.ties,
+        row.metric.losses,
+    ) == (2, 2, 1)
+    assert row.metric.std == pytest.approx(np.std([0.5, 0, -0.5, 0.5, 0], ddof=1))
+    assert (row.b, row.c) == (2, 1) and row.success == pytest.approx(0.2)
+    assert row.p == pytest.approx(1.0)  # 2 of 3 discordant: McNemar's exact p is 1
+    assert (row.success_low, row.success_high) == pytest.approx(newcombe_interval(2, 2, 1, 0))
+    table = paired_table([row], "accuracy")
+    assert "| naive_op2 | naive | 2 | 5 | +0.100 [" in table and "| 2 / 1 | 1 |" in table
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(results))
+    report, _ = write_report(folder)
+    assert "paired restarts" in Path(report).read_text()
+    del results["configs"]["naive:2"]  # no base model: no paired section
+    (folder / "results.json").write_text(json.dumps(results))
+    assert "paired restarts" not in Path(write_report(folder)[0]).read_text()
+    assert paired_rows(results) == []

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from timm_overparam.core.atomic import atomic_path, write_text_atomic
+from timm_overparam.lab.paired import paired_rows, paired_table
 from timm_overparam.sweep.stats import natural_key, summarize
 
 __all__ = [
@@ -346,7 +347,8 @@ def write_report(
     x: str = "seed",
     success: float | None = None,
 ) -> tuple[str, str]:
-    """Write ``report.md`` (heading, settings, table) into ``run_dir`` and the figure to ``out``
+    """Write ``report.md`` (heading, settings, table, paired comparisons of the variants against their
+    base models when the run has both) into ``run_dir`` and the figure to ``out``
     (default ``<run_dir>/lab.png``); returns (report, figure) paths.
 
     Example: ``report, figure = write_report("output/lab/pattern", x="trainable")``
@@ -361,6 +363,22 @@ def write_report(
     task = _task(results)
     lines = any(r.endpoints for r in rows)
     link = os.path.relpath(figure.resolve(), folder.resolve())
+    pairs = paired_rows(results, threshold)
+    paired_section = (
+        [
+            "## Each variant against its base model at the same size (paired restarts)",
+            "",
+            "Restart r of every model at one size shares its seed: the same data and, for op variants and "
+            "a line's first vertex, the base model's initial function.",
+            "",
+            paired_table(pairs, task.metric_label),
+            "Δ = variant - base. The metric's interval is the paired t interval; the success rate's "
+            "Newcombe's for paired proportions; McNemar's exact p from the restarts where only one succeeds.",
+            "",
+        ]
+        if pairs
+        else []
+    )
     text = "\n".join(
         [
             f"# {results['experiment']}: {task.title}",
@@ -374,6 +392,7 @@ def write_report(
             "",
             f"![lab]({Path(link).as_posix()})",
             "",
+            *paired_section,
         ]
     )
     report = folder / "report.md"

@@ -276,3 +276,23 @@ def test_cli_runs_reports_and_refuses_bad_input(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
     assert main(["boolnet", "--widths", "5-2", "--out", str(tmp_path / "c")]) == 2
     assert "'5-2'" in capsys.readouterr().err
+
+
+def test_compare_puts_runs_side_by_side(tmp_path, capsys):
+    fast, slow = tmp_path / "lr1", tmp_path / "lr001"
+    for out, lr in ((fast, 1.0), (slow, 0.001)):
+        run_lab("boolnet", ["boolnet"], [4], restarts=6, out=out, steps=150, lr=lr, progress=False)
+    assert main(["compare", str(slow), str(fast), "--models", "boolnet", "--success", "0.8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "success rate (macro_f1 >= 0.8) and mean macro_f1, per run"
+    assert lines[2] == "| model | size | lr=0.001 | lr=1.0 | best |"
+    (row,) = [line for line in lines if line.startswith("| boolnet | 4 |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    for cell, out in zip(cells[2:4], (slow, fast), strict=True):
+        metric = json.loads((out / "results.json").read_text())["configs"]["boolnet:4"]["metric"]
+        rate = sum(v >= 0.8 for v in metric) / len(metric)
+        assert cell == f"{100 * rate:.1f}% ({sum(metric) / len(metric):.3f})"
+    assert cells[4] == "lr=1.0"  # lr 0.001 barely moves in 150 steps
+    run_lab("pattern", ["naive"], [1], restarts=2, out=tmp_path / "p", steps=2, progress=False)
+    assert main(["compare", str(fast), str(tmp_path / "p")]) == 2
+    assert "different experiments" in capsys.readouterr().err

@@ -10,7 +10,9 @@
   (``train_restarts``) or one at a time (``train_restart``, the reference);
 - ``experiment``: a resumable run over models and sizes (``run_lab``), ``results.json``;
 - ``report``: ``report.md`` and the figure (``write_report``);
-- ``__main__``: ``python -m timm_overparam.lab pattern|boolnet|plot``.
+- ``paired``: each variant against its base model over shared restarts (``paired_rows``);
+- ``compare``: several runs side by side, e.g. one per learning rate (``compare_runs_table``);
+- ``__main__``: ``python -m timm_overparam.lab pattern|boolnet|plot|compare``.
 
 The names below load their module when first used.
 """
@@ -30,6 +32,8 @@ _HOMES = {
     "load_results": "report",
     "summarize_results": "report",
     "write_report": "report",
+    "paired_rows": "paired",
+    "compare_runs_table": "compare",
 }
 __all__ = sorted(_HOMES)
 

@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from .compare import compare_runs_table
 from .experiment import parse_sizes, run_lab
 from .report import X_CHOICES, write_report
 
@@ -53,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="the PNG (default <run>/lab.png)")
     p.add_argument("--x", choices=sorted(X_CHOICES), default="seed", help="x axis (default: the seed's)")
     p.add_argument("--success", type=float, default=None, help="threshold of a successful restart")
+    p = sub.add_parser("compare", help="several runs side by side (success rate per model and size)")
+    p.add_argument("runs", nargs="+", help="run folders of one experiment")
+    p.add_argument("--models", default=None, help="comma-separated (default: all)")
+    p.add_argument("--sizes", default=None, help="e.g. 1-4,8 (default: all)")
+    p.add_argument("--success", type=float, default=None, help="threshold of a successful restart")
     return parser
 
 
@@ -60,6 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
+        if args.command == "compare":
+            models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
+            sizes = None if args.sizes is None else parse_sizes(args.sizes)
+            print(compare_runs_table(args.runs, models, sizes, args.success), end="")
+            return 0
         if args.command == "plot":
             report, figure = write_report(args.run, out=args.out, x=args.x, success=args.success)
         else:

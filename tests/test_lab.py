@@ -269,8 +269,11 @@ def test_cli_runs_reports_and_refuses_bad_input(tmp_path, capsys):
     assert sorted(results["configs"]) == ["boolnet:1", "boolnet:2", "hyper_op2:1", "hyper_op2:2"]
     assert results["configs"]["boolnet:2"]["seed_x"] == 2 and results["configs"]["hyper_op2:1"]["seed_x"] == 2
     png = tmp_path / "x.png"
-    assert main(["plot", str(out), "--out", str(png), "--x", "deployed"]) == 0
+    assert main(["plot", str(out), "--out", str(png), "--x", "deployed", "--models", "hyper_op2"]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "| boolnet | 1 |" in (out / "report.md").read_text()  # the report keeps every model
+    assert main(["plot", str(out), "--models", "naive"]) == 2
+    assert "models ['naive'] are not in" in capsys.readouterr().err
     assert main(["pattern", "--models", "naive,bogus", "--out", str(tmp_path / "c")]) == 2
     assert "unknown pattern model 'bogus'" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()

@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run folder holding results.json")
     p.add_argument("--out", default=None, help="the PNG (default <run>/lab.png)")
     p.add_argument("--x", choices=sorted(X_CHOICES), default="seed", help="x axis (default: the seed's)")
+    p.add_argument("--models", default=None, help="the figure's models, comma-separated (default: all)")
     p.add_argument("--success", type=float, default=None, help="threshold of a successful restart")
     p = sub.add_parser("compare", help="several runs side by side (success rate per model and size)")
     p.add_argument("runs", nargs="+", help="run folders of one experiment")
@@ -72,7 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(compare_runs_table(args.runs, models, sizes, args.success), end="")
             return 0
         if args.command == "plot":
-            report, figure = write_report(args.run, out=args.out, x=args.x, success=args.success)
+            models = None if args.models is None else [m.strip() for m in args.models.split(",") if m.strip()]
+            report, figure = write_report(
+                args.run, out=args.out, x=args.x, success=args.success, models=models
+            )
         else:
             out = run_lab(
                 args.command,

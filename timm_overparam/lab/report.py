@@ -346,10 +346,12 @@ def write_report(
     out: str | os.PathLike | None = None,
     x: str = "seed",
     success: float | None = None,
+    models: Sequence[str] | None = None,
 ) -> tuple[str, str]:
     """Write ``report.md`` (heading, settings, table, paired comparisons of the variants against their
     base models when the run has both) into ``run_dir`` and the figure to ``out``
-    (default ``<run_dir>/lab.png``); returns (report, figure) paths.
+    (default ``<run_dir>/lab.png``) of ``models`` (default: all; the report keeps every model);
+    returns (report, figure) paths.
 
     Example: ``report, figure = write_report("output/lab/pattern", x="trainable")``
     """
@@ -359,7 +361,14 @@ def write_report(
     rows = summarize_results(results, threshold)
     folder = _results_path(run_dir).parent
     figure = Path(out) if out is not None else folder / "lab.png"
-    plot_results(results, figure, x, threshold)
+    shown = results
+    if models:
+        unknown = sorted(set(models) - {c.get("model") for c in results["configs"].values()})
+        if unknown:
+            raise ValueError(f"models {unknown} are not in {_results_path(run_dir)}")
+        configs = {k: c for k, c in results["configs"].items() if c.get("model") in models}
+        shown = {**results, "configs": configs}
+    plot_results(shown, figure, x, threshold)
     task = _task(results)
     lines = any(r.endpoints for r in rows)
     link = os.path.relpath(figure.resolve(), folder.resolve())

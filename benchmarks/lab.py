@@ -39,15 +39,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from train_step import others_busy, wait_quiet  # a sibling script (benchmarks/ is on sys.path)
 
 from timm_overparam.lab.experiment import parse_model, restart_seeds, run_lab
 from timm_overparam.lab.restarts import train_restart
@@ -62,44 +60,6 @@ EXPERIMENTS: dict[str, tuple[tuple[str, ...], tuple[int, ...], int]] = {
     "boolnet": (("boolnet", "hyper"), tuple(range(1, 23)), 50),
 }
 QUICK_SIZES, QUICK_RESTARTS, QUICK_STEPS = (1, 2), 8, 10
-
-
-def _cpu_seconds() -> tuple[float, float]:
-    """(CPU seconds every process has used, CPU seconds this process has used); Linux only."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return math.nan, math.nan
-    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait (steal counts as busy)
-    own = os.times()
-    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
-
-
-def others_busy(fn: Callable[[], object]) -> tuple[object, float, float]:
-    """Run fn: (its value, wall seconds, share of all CPUs other processes used meanwhile; nan off Linux).
-
-    Example: ``others_busy(lambda: time.sleep(0.5))[2]``
-    """
-    all0, own0 = _cpu_seconds()
-    start = time.perf_counter()
-    value = fn()
-    wall = time.perf_counter() - start
-    all1, own1 = _cpu_seconds()
-    return value, wall, ((all1 - all0) - (own1 - own0)) / (wall * (os.cpu_count() or 1))
-
-
-def wait_quiet(max_busy: float, seconds: float) -> float:
-    """Wait (``seconds`` at most, in 1 s samples) until other processes use at most ``max_busy`` of
-    the CPUs; returns the last share seen (nan off Linux: no wait).
-
-    Example: ``wait_quiet(0.05, 30.0)``
-    """
-    deadline = time.perf_counter() + seconds
-    share = others_busy(lambda: time.sleep(1.0))[2] if seconds > 0 else math.nan
-    while share > max_busy and time.perf_counter() < deadline:
-        share = others_busy(lambda: time.sleep(1.0))[2]
-    return share
 
 
 def loop_restarts(restarts: int, fraction: float) -> int:
@@ -132,7 +92,7 @@ def measure(
     """
     task = TASKS[experiment]() if steps is None else TASKS[experiment](steps=steps)
     with tempfile.TemporaryDirectory(prefix=f"lab_bench_{experiment}_") as tmp:
-        wait_quiet(max_busy, quiet_wait)
+        wait_quiet(max_busy, quiet_wait, sample=1.0)
         out, vec_s, vec_busy = others_busy(
             lambda: run_lab(
                 experiment, list(models), list(sizes), restarts=restarts, out=tmp, steps=steps, progress=False
@@ -155,7 +115,7 @@ def measure(
             metrics.append(deployed_metric(train_restart(model.arch, model.kwargs(size), task, seed)[1]))
         return metrics
 
-    wait_quiet(max_busy, quiet_wait)
+    wait_quiet(max_busy, quiet_wait, sample=1.0)
     metrics, loop_s, loop_busy = others_busy(loop)
     held = [configs[f"{name}:{size}"]["metric"][r] for name, size, r, _ in work]
     diffs = [abs(m - h) for m, h in zip(metrics, held, strict=True)]

@@ -102,7 +102,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y:
     opt.step()
 
 
-def _cpu_seconds() -> tuple[float, float]:
+def cpu_seconds() -> tuple[float, float]:
     """(CPU seconds every process has used, CPU seconds this process has used); Linux only."""
     try:
         with open("/proc/stat") as f:
@@ -114,14 +114,32 @@ def _cpu_seconds() -> tuple[float, float]:
     return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
 
 
-def _others_busy(fn: Callable[[], object]) -> tuple[float, float]:
-    """Run fn: (wall seconds, share of all CPUs that other processes used meanwhile; nan off Linux)."""
-    all0, own0 = _cpu_seconds()
-    t0 = time.perf_counter()
-    fn()
-    wall = time.perf_counter() - t0
-    all1, own1 = _cpu_seconds()
-    return wall, ((all1 - all0) - (own1 - own0)) / (wall * (os.cpu_count() or 1))
+def others_busy(fn: Callable[[], object]) -> tuple[object, float, float]:
+    """Run fn: (its value, wall seconds, share of all CPUs other processes used meanwhile; nan off Linux).
+
+    Example: ``others_busy(lambda: time.sleep(0.5))[2]``
+    """
+    all0, own0 = cpu_seconds()
+    start = time.perf_counter()
+    value = fn()
+    wall = time.perf_counter() - start
+    all1, own1 = cpu_seconds()
+    return value, wall, ((all1 - all0) - (own1 - own0)) / (wall * (os.cpu_count() or 1))
+
+
+def wait_quiet(max_busy: float, seconds: float, sample: float = 0.2) -> float:
+    """Wait (``seconds`` at most, in ``sample``-second looks) until other processes use at most
+    ``max_busy`` of the CPUs; returns the last share seen (nan off Linux, or seconds <= 0: no wait).
+
+    Example: ``wait_quiet(0.05, 30.0)``
+    """
+    if seconds <= 0:
+        return math.nan
+    deadline = time.perf_counter() + seconds
+    share = others_busy(lambda: time.sleep(sample))[2]
+    while share > max_busy and time.perf_counter() < deadline:
+        share = others_busy(lambda: time.sleep(sample))[2]
+    return share
 
 
 class Rounds:
@@ -138,11 +156,6 @@ class Rounds:
         self.warmup, self.repeats, self.max_busy, self.quiet_wait = warmup, repeats, max_busy, quiet_wait
         self.dropped = self.kept_busy = 0
 
-    def _wait_quiet(self) -> None:
-        deadline = time.perf_counter() + self.quiet_wait
-        while time.perf_counter() < deadline and _others_busy(lambda: time.sleep(0.2))[1] > self.max_busy:
-            time.sleep(0.5)
-
     def run(self, fns: list[Callable[[], None]]) -> list[list[float]]:
         """Seconds per call of each fn, the fns called in turn (order alternating each round)."""
         for r in range(self.warmup):
@@ -155,10 +168,10 @@ class Rounds:
             if r % 2:
                 order.reverse()
             r += 1
-            self._wait_quiet()
+            wait_quiet(self.max_busy, self.quiet_wait)
             got, busy = {}, 0.0
             for i in order:
-                got[i], share = _others_busy(fns[i])
+                _, got[i], share = others_busy(fns[i])
                 busy = max(busy, share)
             if busy > self.max_busy:  # nan (no /proc/stat) compares False: kept
                 if self.dropped < self.repeats:

@@ -11,6 +11,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "lab.py"
 
 
 def load_lab_benchmark(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as when run: it imports train_step beside it
     spec = importlib.util.spec_from_file_location("lab_bench", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)

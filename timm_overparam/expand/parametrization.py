@@ -283,11 +283,14 @@ class ExpandProject(nn.Module):
 
         Batch-norm inside the chain needs batch statistics, so such a chain always runs as a chain.
         The host's geometry was recorded in ``plan.layout`` at expansion. The choice is cached per
-        shape.
+        shape, except while torch.compile traces: reading a cache that the trace fills would guard on
+        its contents and recompile at the next call; the cost model is plain arithmetic on the shape.
         """
         if self.norms is not None:
             return True
         key = tuple(shape)
+        if torch.compiler.is_compiling():
+            return _cost.prefers_chain(self.plan, key)
         choice = self._mode.get(key)
         if choice is None:
             choice = self._mode[key] = _cost.prefers_chain(self.plan, key)

@@ -508,7 +508,7 @@ class Checkpoints:
         if unpickled:  # accelerate reads these with weights_only=False; this project never writes them
             raise ValueError(f"{str(folder / unpickled[0])!r} is foreign: train.py checkpoints have none")
         # every key and shape first (a truncated or foreign file names the fix), then the rest
-        load_weights(self.accelerator.unwrap_model(model), folder / MODEL_FILE)
+        load_weights(self.accelerator.unwrap_model(model, keep_torch_compile=False), folder / MODEL_FILE)
         rng: dict[str, Any] = {}
         error: BaseException | None = None
         try:

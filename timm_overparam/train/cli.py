@@ -139,8 +139,8 @@ def _add_flag(group: Any, key: str, f: Any) -> None:
         kwargs |= dict(action="append", metavar=meta["metavar"])
     else:
         kwargs["type"] = {"int": int, "float": float, "str": None}[kind]
-        for name in ("nargs", "choices", "metavar"):
-            if meta[name] is not None:
+        for name in ("nargs", "choices", "metavar", "const"):
+            if meta.get(name) is not None:
                 kwargs[name] = meta[name]
     group.add_argument(*flags, **kwargs)
 

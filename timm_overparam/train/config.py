@@ -50,9 +50,11 @@ def option(
     minimum: int | None = None,
     negatable: bool = False,
     metavar: str | None = None,
+    const: Any = None,
 ) -> Any:
     """A config field with what its flag needs: ``kind`` (int, float, str, bool, kwargs,
-    callbacks; default: the default's type), ``nargs`` for lists, ``choices``, ``minimum``.
+    callbacks; default: the default's type), ``nargs`` for lists (``"?"`` with ``const``: the
+    value of the bare flag), ``choices``, ``minimum``.
 
     Example: ``epochs: int = option(10, "epochs to train", minimum=1)``
     """
@@ -67,6 +69,7 @@ def option(
         minimum=minimum,
         negatable=negatable,
         metavar=metavar,
+        const=const,
     )
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
@@ -116,6 +119,28 @@ def mixed_precision(config: Any) -> str:
 
 _CALLBACK_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 _HOOKS = ("on_run_start", "on_before_step", "on_after_step", "on_epoch_end", "on_run_end")
+
+
+def dynamo_plugin(config: Any) -> Any:
+    """accelerate's ``TorchDynamoPlugin`` for ``torchcompile``/``torchcompile_mode`` (None: eager).
+
+    A backend that neither torch nor accelerate knows is an error listing the ones both do.
+
+    >>> dynamo_plugin(TrainConfig()) is None
+    True
+    """
+    if not config.torchcompile:
+        return None
+    import torch._dynamo
+    from accelerate.utils import DynamoBackend, TorchDynamoPlugin
+
+    known = {b.value.lower() for b in DynamoBackend} & set(torch._dynamo.list_backends(exclude_tags=()))
+    if config.torchcompile.lower() not in known:
+        raise ConfigError(
+            f"--torchcompile {config.torchcompile!r} is not a torch.compile backend accelerate can use; "
+            f"choose one of {sorted(known)}"
+        )
+    return TorchDynamoPlugin(backend=config.torchcompile.upper(), mode=config.torchcompile_mode)
 
 
 def load_callback(name: str) -> Any:
@@ -668,6 +693,17 @@ class TrainConfig(_ModelConfig):
     seed: int = option(42, "random seed")
     amp: bool = option(False, "mixed precision (accelerate)")
     amp_dtype: str = option("float16", "amp dtype", choices=("float16", "bfloat16"))
+    torchcompile: str | None = option(
+        None,
+        "torch.compile the model with this backend (the bare flag: inductor), through accelerate",
+        kind="str",
+        nargs="?",
+        const="inductor",
+        metavar="BACKEND",
+    )
+    torchcompile_mode: str | None = option(
+        None, "torch.compile mode: default, reduce-overhead, max-autotune...", kind="str"
+    )
     callbacks: list[Any] = option(  # noqa: RUF009
         [],
         "a callback class to attach, module:Class (repeatable; see timm_overparam.train.callbacks)",

@@ -48,7 +48,13 @@ from timm_overparam.train.checkpoint import (
     read_callbacks,
     read_state,
 )
-from timm_overparam.train.config import TrainConfig, default_eval_metric, load_callback, mixed_precision
+from timm_overparam.train.config import (
+    TrainConfig,
+    default_eval_metric,
+    dynamo_plugin,
+    load_callback,
+    mixed_precision,
+)
 from timm_overparam.train.data import (
     DIGITS,
     DataInfo,
@@ -268,6 +274,7 @@ class Trainer:
             log_with="wandb" if cfg.log_wandb else None,
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
             step_scheduler_with_optimizer=False,
+            dynamo_plugin=dynamo_plugin(cfg),
         )
         set_seed(cfg.seed)
         train_set, val_set, info = open_data(cfg)
@@ -347,7 +354,7 @@ class Trainer:
 
     @property
     def unwrapped(self) -> nn.Module:
-        return self.acc.unwrap_model(self.model)
+        return self.acc.unwrap_model(self.model, keep_torch_compile=False)
 
     @property
     def is_main_process(self) -> bool:

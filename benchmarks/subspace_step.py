@@ -20,6 +20,9 @@ Cases (``--only NAME``):
   (each: BatchNorm recalibration on ``--bn-batches`` batches, eval on ``--eval-batches`` batches,
   then the metrics) vs 5 x (``recalibrate_bn`` + eval forward) of a stock resnet18, on the same
   synthetic batches of 32 images of 64x64, 10 classes.
+- ``compiled_line_resnet18_b32_64``: ``torch.compile`` (``--backend``, default inductor) of forward
+  + cross-entropy + the regulariser (the point drawn before, outside the graph) of resnet18_line
+  vs forward + cross-entropy of resnet18.
 """
 
 from __future__ import annotations
@@ -100,6 +103,27 @@ def case_line_vit_tiny_b8_224(args) -> list[Result]:
     return line_case("line_vit_tiny_b8_224", "vit_tiny_patch16_224", 8, 224, 1.10, args)
 
 
+def case_compiled_line_resnet18_b32_64(args) -> list[Result]:
+    """torch.compile of forward + cross-entropy (+ the regulariser for the line; the point is drawn
+    outside, a buffer value): compiled resnet18_line / compiled resnet18 (<= 1.15)."""
+    x, y = batch(32, 64)
+    line, stock = make_model("resnet18_line").train(), make_model("resnet18").train()
+    gen = torch.Generator().manual_seed(2)
+    line_loss = torch.compile(
+        lambda x, y: F.cross_entropy(line(x), y) + subspace_regularizer(line), backend=args.backend
+    )
+    stock_loss = torch.compile(lambda x, y: F.cross_entropy(stock(x), y), backend=args.backend)
+    line_opt, stock_opt = sgd(line), sgd(stock)
+
+    def line_fn() -> None:
+        sample_point(line, gen)
+        train_step.step_with(line_loss, line_opt, x, y)
+
+    timer = rounds(args)
+    fns = [line_fn, lambda: train_step.step_with(stock_loss, stock_opt, x, y)]
+    return [ratio_result("compiled_line_resnet18_b32_64", timer, fns, 1.15)]
+
+
 def loaders(args, size: int = 32, image: int = 64) -> tuple[DataLoader, DataLoader]:
     """(bn_loader, eval_loader): synthetic, 10 classes, neither shuffles."""
 
@@ -139,6 +163,7 @@ CASES: dict[str, Callable[[argparse.Namespace], list[Result]]] = {
     "line_resnet18_b16_224": case_line_resnet18_b16_224,
     "line_vit_tiny_b8_224": case_line_vit_tiny_b8_224,
     "eval_points_resnet18": case_eval_points_resnet18,
+    "compiled_line_resnet18_b32_64": case_compiled_line_resnet18_b32_64,
 }
 
 

@@ -40,6 +40,8 @@ Cases (``--only NAME``):
 - ``memory``: resnet18_op3 with ``op_hidden`` 'min' and 'out' at both resnet18 shapes.
 - ``eval_resnet50``: ``no_grad`` eval forward of resnet50_op3 / resnet50, batch 8, 224x224.
 - ``collapse_resnet50``: seconds for ``timm_overparam.collapse(resnet50_op4)`` (a copy).
+- ``compiled_resnet18_b32_64``: ``torch.compile`` (``--backend``, default inductor) of forward +
+  cross-entropy: compiled resnet18_op3 / compiled resnet18, and compiled / eager resnet18_op3.
 - ``per_layer_resnet18_b32_64``, ``per_layer_resnet18_b16_224``, ``per_layer_vit_tiny_b8_224``:
   every chain-capable layer of ``<arch>_op3`` at its input shape in that model, forward + backward
   timed composed and as a chain; the cost model's choices against the faster form of each layer.
@@ -237,6 +239,42 @@ def case_vit_tiny_b8_224(args) -> list[Result]:
     return train_case("vit_tiny_b8_224", "vit_tiny_patch16_224", 8, 224, 1.10, args)
 
 
+def compiled_loss(model: nn.Module, backend: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """torch.compile of forward + cross-entropy (the backward comes compiled with it)."""
+    return torch.compile(lambda x, y: F.cross_entropy(model(x), y), backend=backend)
+
+
+def step_with(loss_fn: Callable, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss_fn(x, y).backward()
+    opt.step()
+
+
+def case_compiled_resnet18_b32_64(args) -> list[Result]:
+    """compiled resnet18_op3 / compiled resnet18 (<= 1.15), and compiled / eager resnet18_op3 (<= 1)."""
+    x, y = batch(32, 64)
+    op, stock, eager_op = (
+        make_model("resnet18_op3").train(),
+        make_model("resnet18").train(),
+        make_model("resnet18_op3"),
+    )
+    fns = []
+    for model, compiled in ((op, True), (stock, True), (eager_op.train(), False)):
+        opt = sgd(model)
+        loss_fn = (
+            compiled_loss(model, args.backend)
+            if compiled
+            else (lambda x, y, m=model: F.cross_entropy(m(x), y))
+        )
+        fns.append(lambda f=loss_fn, o=opt: step_with(f, o, x, y))
+    timer = rounds(args)
+    times = timer.run(fns)
+    return [
+        times_result("compiled_resnet18_b32_64", timer, [times[0], times[1]], 1.15),
+        times_result("compiled_vs_eager_op3", timer, [times[0], times[2]], 1.0),
+    ]
+
+
 def case_eval_resnet50(args) -> list[Result]:
     x, _ = batch(8, 224)
     fns = []
@@ -398,6 +436,7 @@ CASES: dict[str, Callable[[argparse.Namespace], list[Result]]] = {
     "memory": case_memory,
     "eval_resnet50": case_eval_resnet50,
     "collapse_resnet50": case_collapse_resnet50,
+    "compiled_resnet18_b32_64": case_compiled_resnet18_b32_64,
     "per_layer_resnet18_b32_64": case_per_layer_resnet18_b32_64,
     "per_layer_resnet18_b16_224": case_per_layer_resnet18_b16_224,
     "per_layer_vit_tiny_b8_224": case_per_layer_vit_tiny_b8_224,
@@ -425,6 +464,7 @@ def build_parser(doc: str, cases: dict, repeats: int = 15) -> argparse.ArgumentP
         help="seconds to wait before each round for other processes to go quiet (0: do not wait)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend of the compiled cases")
     return parser
 
 

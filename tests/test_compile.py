@@ -13,8 +13,9 @@ from torch._dynamo.utils import counters
 
 import timm_overparam as top
 from timm_overparam.train.cli import train_parser
-from timm_overparam.train.config import ConfigError, TrainConfig
+from timm_overparam.train.config import ConfigError, TrainConfig, ValidateConfig
 from timm_overparam.train.loop import Trainer
+from timm_overparam.train.validation import validate
 
 
 def keys(path):
@@ -83,6 +84,19 @@ def test_a_compiled_run_matches_the_eager_run(tmp_path, arch):
     ]:
         assert keys(compiled / rel) == keys(eager / rel), rel
         assert not any(k.startswith("_orig_mod") for k in keys(compiled / rel))
+    # validate.py compiles the stock model it evaluates (op, plain); a subspace model's BatchNorm
+    # recalibration would recompile at every batch: refused with the reason
+    check = dict(model=arch, checkpoint=str(eager / "last"), workers=0)
+    if "line" in arch:
+        with pytest.raises(ValueError, match="recompiles at every batch: validate the points without"):
+            validate(ValidateConfig(**check, torchcompile="aot_eager"))
+        return
+    plain = validate(ValidateConfig(**check))
+    torch._dynamo.reset()
+    counters.clear()
+    fast = validate(ValidateConfig(**check, torchcompile="aot_eager"))
+    assert fast["top1"] == pytest.approx(plain["top1"], abs=0.3)  # percent: one of 360 images
+    assert 1 <= counters["stats"]["unique_graphs"] <= 2  # full batches and the last, smaller one
 
 
 def test_the_flag_and_its_errors():

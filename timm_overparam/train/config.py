@@ -660,6 +660,17 @@ class _ModelConfig(_Config):
         None, "with --pretrained: a local file of the base model's weights instead of the hub's", kind="str"
     )
     model_kwargs: dict[str, Any] = option({}, "create_model kwargs, k=v ...", kind="kwargs")  # noqa: RUF009
+    torchcompile: str | None = option(
+        None,
+        "torch.compile with this backend (the bare flag: inductor): the trained model; validate.py: the evaluated one",
+        kind="str",
+        nargs="?",
+        const="inductor",
+        metavar="BACKEND",
+    )
+    torchcompile_mode: str | None = option(
+        None, "torch.compile mode: default, reduce-overhead, max-autotune...", kind="str"
+    )
 
 
 @dataclass(init=False, eq=True, repr=True)
@@ -693,17 +704,6 @@ class TrainConfig(_ModelConfig):
     seed: int = option(42, "random seed")
     amp: bool = option(False, "mixed precision (accelerate)")
     amp_dtype: str = option("float16", "amp dtype", choices=("float16", "bfloat16"))
-    torchcompile: str | None = option(
-        None,
-        "torch.compile the model with this backend (the bare flag: inductor), through accelerate",
-        kind="str",
-        nargs="?",
-        const="inductor",
-        metavar="BACKEND",
-    )
-    torchcompile_mode: str | None = option(
-        None, "torch.compile mode: default, reduce-overhead, max-autotune...", kind="str"
-    )
     callbacks: list[Any] = option(  # noqa: RUF009
         [],
         "a callback class to attach, module:Class (repeatable; see timm_overparam.train.callbacks)",

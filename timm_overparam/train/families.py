@@ -45,7 +45,7 @@ from timm_overparam.expand.convert import collapse, is_expanded
 from timm_overparam.subspace.parametrization import SubspaceConfig, coefficients
 from timm_overparam.subspace.points import at_point, extract_point, sampled_loss
 from timm_overparam.subspace.regularizer import subspace_regularizer
-from timm_overparam.train.config import parse_ensembles, parse_points
+from timm_overparam.train.config import dynamo_plugin, parse_ensembles, parse_points
 
 METRICS = [f.name for f in fields(Metrics) if f.name != "reliability"]  # every classification evaluation
 REGRESSION_METRICS = [f.name for f in fields(RegressionMetrics)]  # every regression evaluation
@@ -266,7 +266,9 @@ class PlainFamily:
         stock = self.stock(model)
         if getattr(self.config, "reparam", False):
             stock = reparameterize_model(stock)
-        metrics = evaluate_model(stock, val_loader, gather, task=self.task, p_loss=self.p_loss)
+        metrics = evaluate_model(
+            compiled(stock, self.config), val_loader, gather, task=self.task, p_loss=self.p_loss
+        )
         record = timm_record(metrics) | {"param_count": _millions(stock)}
         if self.config.log_rank:
             record |= rank_metrics(stock, val_loader, gather)
@@ -431,6 +433,12 @@ class SubspaceFamily(PlainFamily):
         return {"param_count_point": sum(p.numel() for p in plain.parameters()), "exports": exports}
 
     def validate(self, model: nn.Module, val_loader: Any, bn_loader: Any, gather: Any) -> dict[str, Any]:
+        if getattr(self.config, "torchcompile", None):
+            raise ValueError(
+                "--torchcompile in validate.py compiles the stock model of plain and op runs; a subspace "
+                "model's points recalibrate BatchNorm with a cumulative average, which torch.compile "
+                "recompiles at every batch: validate the points without --torchcompile"
+            )
         res = self.evaluate_points(model, val_loader, bn_loader, gather)
         points = [
             {"point": p} | timm_record(m) | self.point_rank(model, res, i, val_loader, gather)
@@ -449,6 +457,13 @@ class SubspaceFamily(PlainFamily):
                 "param_count_point": _millions(extract_point(model, res.points[0])),
             }
         )
+
+
+def compiled(model: nn.Module, config: Any) -> nn.Module:
+    """``model`` under ``torch.compile`` with the config's ``--torchcompile`` options (accelerate's
+    ``TorchDynamoPlugin`` kwargs), or ``model`` itself without the flag."""
+    plugin = dynamo_plugin(config)
+    return model if plugin is None else torch.compile(model, **plugin.to_kwargs())
 
 
 def _bins(named: list[tuple[str, Any]]) -> dict[str, dict[str, Any]]:

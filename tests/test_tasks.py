@@ -358,8 +358,8 @@ class DynamicLR(Recorder):
 
 
 class OmegaRecorder(Recorder):
-    """Per-sample output gradients through the documented seam: a forward hook on ``run.unwrapped``
-    and a tensor hook on outputs that require grad, rescaled by ``run.output_grad_scale``."""
+    """Output gradients through the documented seam: a forward hook on ``run.unwrapped`` and a
+    tensor hook on outputs that require grad (what the hook sees, unscaled)."""
 
     def on_run_start(self, run):
         self.run, self.batches = run, []
@@ -371,7 +371,7 @@ class OmegaRecorder(Recorder):
         x = inputs[0].detach()
 
         def grad_hook(grad):
-            self.batches.append((x, output.detach(), grad * self.run.output_grad_scale))
+            self.batches.append((x, output.detach(), grad))
 
         output.register_hook(grad_hook)
 
@@ -415,17 +415,18 @@ def test_research_flags_attach_their_callbacks_after_the_given_ones(tmp_path, st
     assert [type(c) for c in callbacks] == [NormRecorder, PVariationLogger, DynamicLR, OmegaRecorder]
     assert callbacks[1].kwargs == dict(p=p, every=every) and callbacks[2].kwargs == dict(p=p)
     assert callbacks[3].kwargs == {}
-    assert trainer.loss_reduction == "mean" and trainer.grad_accum_steps == accum
     assert isinstance(trainer.criterion, PLoss) and trainer.scheduler is None
     trainer.run()
     assert callbacks[1].epochs == [0, 1]
     # --dynamic-lr with --sched none: the callback's learning rate is the one the next epoch uses
     assert [float(r["lr"]) for r in rows(tmp_path / "research")] == [0.05, 0.05 / 2]
-    # Omega's seam: each micro-batch's output gradient times run.output_grad_scale is the per-sample
-    # gradient d|y - yhat|^p / d yhat = -p |y - yhat|^(p-1) sign(y - yhat), here with y = c = 0.1
+    # Omega's seam: each micro-batch's output gradient, times the batch (mean loss) and the
+    # accumulation steps (accelerate divides the loss), is the per-sample gradient
+    # d|y - yhat|^p / d yhat = -p |y - yhat|^(p-1) sign(y - yhat), here with y = c = 0.1
     omega = callbacks[3]
     assert len(omega.batches) == 2 * (576 // 32)  # every micro-batch of both epochs, no evaluation
-    for x, out, per_sample in omega.batches:
+    for x, out, grad in omega.batches:
+        per_sample = grad * len(x) * accum
         r = 0.1 - out
         assert x.shape == (32, 1)
         torch.testing.assert_close(per_sample, -p * r.abs() ** (p - 1) * r.sign(), rtol=1e-4, atol=1e-6)

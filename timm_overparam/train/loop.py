@@ -248,14 +248,10 @@ class Trainer:
     ``--store-grad``) the protocol has no loss hook: such a callback registers a forward hook on
     ``run.unwrapped`` in ``on_run_start`` and, on an output that requires grad, a tensor hook
     (``output.register_hook``). Evaluation runs under ``torch.no_grad()`` on copies of the model
-    (which carry the forward hooks), so the hook must skip outputs with ``requires_grad`` False. The
-    run tells it how the loss was formed: ``run.criterion`` (the per-batch criterion),
-    ``run.loss_reduction == "mean"`` (the batch loss is the mean over its samples, a subspace model's
-    the mean over ``--num-samples`` equal chunks of their means), ``run.grad_accum_steps``,
-    ``run.batch_samples`` (samples of the current training batch on this process), and
-    ``run.output_grad_scale``: multiply ``d loss / d output`` by it to get each sample's
-    ``d loss_i / d yhat_i`` (it undoes the mean, accelerate's division by ``--grad-accum-steps`` and
-    float16 ``--amp``'s loss scale).
+    (which carry the forward hooks), so the hook must skip outputs with ``requires_grad`` False.
+    ``research.callbacks.OmegaRecorder`` is such a callback: it turns what the hook sees into
+    per-sample gradients itself (batch mean, ``--num-samples`` chunks, ``--grad-accum-steps`` and
+    float16 ``--amp``'s loss scale undone).
 
     Example: ``Trainer(TrainConfig(model="resnet18_op3", epochs=1)).run()``
     """
@@ -332,9 +328,6 @@ class Trainer:
         )
         self.ema = ModelEmaV3(self.unwrapped, decay=cfg.model_ema_decay) if cfg.model_ema else None
         self.criterion = make_criterion(cfg)
-        self.loss_reduction = "mean"  # for callbacks that rescale output gradients (see the class doc)
-        self.grad_accum_steps = cfg.grad_accum_steps
-        self.batch_samples = cfg.batch_size  # of the current training batch, set by train_epoch
         names = self.metric_names()
         if cfg.eval_metric not in names:
             raise ValueError(f"--eval-metric {cfg.eval_metric!r} is not one of {names}")
@@ -359,15 +352,6 @@ class Trainer:
     @property
     def is_main_process(self) -> bool:
         return self.acc.is_main_process
-
-    @property
-    def output_grad_scale(self) -> float:
-        """The factor from ``d loss / d output`` (what a tensor hook on the model's output sees during
-        the backward of the current batch) to each sample's ``d loss_i / d yhat_i``: the batch's
-        samples times ``--grad-accum-steps``, over float16 ``--amp``'s current loss scale."""
-        scaler = getattr(self.acc, "scaler", None)
-        scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
-        return self.batch_samples * self.grad_accum_steps / scale
 
     def metric_names(self) -> list[str]:
         """The metrics every evaluation of this run reports (the choices of ``--eval-metric``)."""
@@ -455,7 +439,6 @@ class Trainer:
         )
         start, steps = time.perf_counter(), self.step
         for i, (x, y) in enumerate(bar):
-            self.batch_samples = len(x)
             with acc.accumulate(model):
                 loss = self.family.loss(self, model, x, y)
                 if not acc.gather(torch.isfinite(loss.detach()).reshape(1)).all():

@@ -41,7 +41,8 @@ Cases (``--only NAME``):
 - ``eval_resnet50``: ``no_grad`` eval forward of resnet50_op3 / resnet50, batch 8, 224x224.
 - ``collapse_resnet50``: seconds for ``timm_overparam.collapse(resnet50_op4)`` (a copy).
 - ``compiled_resnet18_b32_64``: ``torch.compile`` (``--backend``, default inductor) of forward +
-  cross-entropy: compiled resnet18_op3 / compiled resnet18, and compiled / eager resnet18_op3.
+  cross-entropy: compiled resnet18_op3 / compiled resnet18, compiled / eager resnet18_op3 and
+  compiled / eager resnet18.
 - ``per_layer_resnet18_b32_64``, ``per_layer_resnet18_b16_224``, ``per_layer_vit_tiny_b8_224``:
   every chain-capable layer of ``<arch>_op3`` at its input shape in that model, forward + backward
   timed composed and as a chain; the cost model's choices against the faster form of each layer.
@@ -251,19 +252,21 @@ def step_with(loss_fn: Callable, opt: torch.optim.Optimizer, x: torch.Tensor, y:
 
 
 def case_compiled_resnet18_b32_64(args) -> list[Result]:
-    """compiled resnet18_op3 / compiled resnet18 (<= 1.15), and compiled / eager resnet18_op3 (<= 1)."""
+    """compiled resnet18_op3 / compiled resnet18 (<= 1.15), compiled / eager resnet18_op3 (<= 1), and
+    compiled / eager resnet18 (<= 1: whether the backend speeds this step up at all), one round-robin."""
     x, y = batch(32, 64)
-    op, stock, eager_op = (
-        make_model("resnet18_op3").train(),
-        make_model("resnet18").train(),
-        make_model("resnet18_op3"),
-    )
     fns = []
-    for model, compiled in ((op, True), (stock, True), (eager_op.train(), False)):
+    for name, compile_it in (
+        ("resnet18_op3", True),
+        ("resnet18", True),
+        ("resnet18_op3", False),
+        ("resnet18", False),
+    ):
+        model = make_model(name).train()
         opt = sgd(model)
         loss_fn = (
             compiled_loss(model, args.backend)
-            if compiled
+            if compile_it
             else (lambda x, y, m=model: F.cross_entropy(m(x), y))
         )
         fns.append(lambda f=loss_fn, o=opt: step_with(f, o, x, y))
@@ -272,6 +275,7 @@ def case_compiled_resnet18_b32_64(args) -> list[Result]:
     return [
         times_result("compiled_resnet18_b32_64", timer, [times[0], times[1]], 1.15),
         times_result("compiled_vs_eager_op3", timer, [times[0], times[2]], 1.0),
+        times_result("compiled_vs_eager_resnet18", timer, [times[1], times[3]], 1.0),
     ]
 
 

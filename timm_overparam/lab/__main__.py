@@ -1,9 +1,13 @@
-"""``python -m timm_overparam.lab pattern|boolnet|plot``: the exploration lab of seed 003.
+"""``python -m timm_overparam.lab pattern|boolnet|plot|compare``: the exploration lab of seed 003.
 
-python -m timm_overparam.lab pattern --models naive,random_conv,hyper --filters 1-7 --restarts 500
-python -m timm_overparam.lab boolnet --models boolnet,hyper --widths 1-22 --restarts 50
-python -m timm_overparam.lab pattern --models naive,naive_op2,naive_op4,naive_line --filters 1-7 --restarts 500
-python -m timm_overparam.lab plot output/lab/pattern --out lab.png
+Example::
+
+    python -m timm_overparam.lab pattern --models naive,random_conv,hyper --filters 1-7 --restarts 500
+    python -m timm_overparam.lab boolnet --models boolnet,hyper --widths 1-22 --restarts 50
+    python -m timm_overparam.lab pattern --models naive,naive_op2,naive_op4,naive_line --filters 1-7 \\
+        --restarts 500 --out output/lab/pattern_variants
+    python -m timm_overparam.lab plot output/lab/pattern_variants --x deployed --out lab.png
+    python -m timm_overparam.lab compare output/lab/boolnet_lr0.03 output/lab/boolnet_lr0.3 --sizes 2,4
 """
 
 from __future__ import annotations

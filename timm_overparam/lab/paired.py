@@ -19,11 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from timm_overparam.sweep.stats import Paired, natural_key, paired
+from timm_overparam.sweep.stats import Paired, natural_key, paired, wilson_interval
 
 __all__ = ["PairedRow", "newcombe_interval", "paired_rows", "paired_table"]
-
-CONFIDENCE = 0.95
 
 
 @dataclass(frozen=True)
@@ -45,13 +43,6 @@ class PairedRow:
     p: float
 
 
-def _wilson(k: int, n: int) -> tuple[float, float]:
-    from scipy.stats import binomtest  # import cost: only when a report is made
-
-    ci = binomtest(k, n).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
 def newcombe_interval(both: int, b: int, c: int, neither: int) -> tuple[float, float]:
     """95% interval of ``p1 - p2`` for paired successes (Newcombe 1998, method 10).
 
@@ -66,8 +57,8 @@ def newcombe_interval(both: int, b: int, c: int, neither: int) -> tuple[float, f
     if n == 0:
         raise ValueError("newcombe_interval needs at least one pair")
     p1, p2 = (both + b) / n, (both + c) / n
-    l1, u1 = _wilson(both + b, n)
-    l2, u2 = _wilson(both + c, n)
+    l1, u1 = wilson_interval(both + b, n)
+    l2, u2 = wilson_interval(both + c, n)
     denominator = (both + b) * (c + neither) * (both + c) * (b + neither)
     cross = both * neither - b * c
     if cross > 0:  # Newcombe's continuity-corrected correlation

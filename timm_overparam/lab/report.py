@@ -20,7 +20,6 @@ Files are written atomically; matplotlib and scipy are imported when used.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Any
 
 from timm_overparam.core.atomic import atomic_path, write_text_atomic
 from timm_overparam.lab.paired import paired_rows, paired_table
-from timm_overparam.sweep.stats import natural_key, summarize
+from timm_overparam.sweep.stats import natural_key, summarize, wilson_interval
 
 __all__ = [
     "X_CHOICES",
@@ -42,9 +41,9 @@ __all__ = [
 ]
 
 VERSION = 1
-CONFIDENCE = 0.95
 DPI = 120
 RESULTS = "results.json"
+MIDPOINT = "0.5"  # a line's point whose values are its metric (results.json writes points as f"{p:g}")
 HYPER = "hyper"  # the blog drew the hypernetwork as a scatter: one model repeated at every size
 
 # x choice -> the config's key
@@ -122,33 +121,10 @@ def load_results(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- statistics
-def _wilson(k: int, n: int) -> tuple[float, float]:
-    from scipy.stats import binomtest  # import cost: only when a report is made
-
-    ci = binomtest(k, n).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
-    return float(ci.low), float(ci.high)
-
-
-def _midpoint(points: dict[str, list[float]], metric: list[float]) -> str | None:
-    """The point whose values ``metric`` repeats: the middle of the numeric points' range if one is
-    there, else the point with the same values; None if neither."""
-    try:
-        where = {k: float(k) for k in points}
-    except ValueError:
-        where = {}
-    if where:
-        middle = (min(where.values()) + max(where.values())) / 2
-        at = [k for k, a in where.items() if math.isclose(a, middle, abs_tol=1e-9)]
-        if at and len(where) > 2:
-            return at[0]
-    same = [k for k, v in points.items() if list(v) == list(metric)]
-    return same[0] if len(same) == 1 else None
-
-
 def _endpoints(config: dict[str, Any]) -> dict[str, float]:
+    """A line's mean metric at each evaluated point but its midpoint (whose values are ``metric``)."""
     points = config.get("points") or {}
-    middle = _midpoint(points, config["metric"])
-    kept = sorted((k for k in points if k != middle), key=natural_key)
+    kept = sorted((k for k in points if k != MIDPOINT), key=natural_key)
     return {k: summarize(points[k]).mean for k in kept if points[k]}
 
 
@@ -174,7 +150,7 @@ def summarize_results(results: dict[str, Any], success: float | None = None) -> 
             raise ValueError(f"config {name!r}: no metric values")
         s = summarize(values)
         k = sum(v >= threshold for v in values)
-        low, high = _wilson(k, s.n)
+        low, high = wilson_interval(k, s.n)
         rows.append(
             Row(
                 model=str(config.get("model", name.split(":")[0])),

@@ -213,11 +213,14 @@ def _evaluate(
     out: dict[float | None, list[Tensor]] = {p: [] for p in where}
     logits_of = vmap(lambda p, b, xs: functional_call(model, (p, b), (xs,)).squeeze(-1))
     model.eval()
-    first = task.validation(torch.Generator().manual_seed(0), dtype)[0]
-    chunk = max(1, _EVAL_ELEMENTS // first.numel())
-    for lo in range(0, len(generators), chunk):
-        part = slice(lo, lo + chunk)
-        sets = [task.validation(g, dtype) for g in generators[part]]
+    start = 0
+    while start < len(generators):
+        # restarts in chunks of at most _EVAL_ELEMENTS validation inputs (at least one restart)
+        sets = [task.validation(generators[start], dtype)]
+        while start + len(sets) < len(generators) and (len(sets) + 1) * sets[0][0].numel() <= _EVAL_ELEMENTS:
+            sets.append(task.validation(generators[start + len(sets)], dtype))
+        part = slice(start, start + len(sets))
+        start += len(sets)
         vx = torch.stack([s[0] for s in sets]).to(device)
         vy = torch.stack([s[1] for s in sets]).to(device)
         p = {k: v[part] for k, v in params.items()}

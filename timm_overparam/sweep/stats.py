@@ -33,6 +33,7 @@ __all__ = [
     "paired",
     "run_value",
     "summarize",
+    "wilson_interval",
 ]
 
 CONFIDENCE = 0.95
@@ -75,6 +76,18 @@ def _half_width(std: float | None, n: int) -> float | None:
     from scipy import stats  # import cost: only when a comparison is made
 
     return None if std is None else float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * std / math.sqrt(n)
+
+
+def wilson_interval(k: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of the proportion ``k / n`` (``scipy.stats.binomtest``'s).
+
+    >>> [round(v, 4) for v in wilson_interval(4, 5)]
+    [0.3755, 0.9638]
+    """
+    from scipy.stats import binomtest  # import cost: only when a comparison is made
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 @dataclass(frozen=True)

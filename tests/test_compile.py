@@ -1,6 +1,7 @@
 """torch.compile (issue 16, item 2): ``--torchcompile`` runs through accelerate's dynamo plugin, gives
 eager's results, compiles once (a subspace point per step is a buffer value, not a new graph), and
-its checkpoints and exports have the eager run's keys."""
+its checkpoints and exports have the eager run's keys. validate.py compiles the stock model of plain
+and op runs, and the validation passes of a subspace model's points (the same graphs for every point)."""
 
 import json
 
@@ -12,7 +13,7 @@ from safetensors import safe_open
 from torch._dynamo.utils import counters
 
 import timm_overparam as top
-from timm_overparam.train.cli import train_parser
+from timm_overparam.train.cli import parse_args, train_parser, validate_parser
 from timm_overparam.train.config import ConfigError, TrainConfig, ValidateConfig
 from timm_overparam.train.loop import Trainer
 from timm_overparam.train.validation import validate
@@ -84,19 +85,46 @@ def test_a_compiled_run_matches_the_eager_run(tmp_path, arch):
     ]:
         assert keys(compiled / rel) == keys(eager / rel), rel
         assert not any(k.startswith("_orig_mod") for k in keys(compiled / rel))
-    # validate.py compiles the stock model it evaluates (op, plain); a subspace model's BatchNorm
-    # recalibration would recompile at every batch: refused with the reason
-    check = dict(model=arch, checkpoint=str(eager / "last"), workers=0)
     if "line" in arch:
-        with pytest.raises(ValueError, match="recompiles at every batch: validate the points without"):
-            validate(ValidateConfig(**check, torchcompile="aot_eager"))
-        return
+        return  # validate.py of a subspace model: test_validate_compiles_the_points_once
+    # validate.py compiles the stock model it evaluates (op, plain)
+    check = dict(model=arch, checkpoint=str(eager / "last"), workers=0)
     plain = validate(ValidateConfig(**check))
     torch._dynamo.reset()
     counters.clear()
     fast = validate(ValidateConfig(**check, torchcompile="aot_eager"))
     assert fast["top1"] == pytest.approx(plain["top1"], abs=0.3)  # percent: one of 360 images
     assert 1 <= counters["stats"]["unique_graphs"] <= 2  # full batches and the last, smaller one
+
+
+def test_validate_compiles_the_points_once(tmp_path):
+    """validate.py --torchcompile of a line: each point's BatchNorm recalibration runs eager, the
+    validation passes compiled; the results are eager's, and 4 points and 2 ensembles compile no
+    more graphs than 2 points and 1 ensemble (the point and the statistics are buffer values)."""
+    folder = run(tmp_path, "line", "test_resnet_line")
+
+    def check(points, ensembles, *flags):
+        argv = ["--model", "test_resnet_line", "--checkpoint", str(folder / "last"), "--workers", "0"]
+        argv += ["--eval-points", points, "--eval-ensembles", ensembles, "--bn-recal-batches", "3"]
+        argv += ["--validation-batch-size", "120"]  # 3 full batches of the 360 images: one shape
+        torch._dynamo.reset()
+        counters.clear()
+        record = validate(parse_args(validate_parser(), [*argv, *flags]))
+        return record, counters["stats"]["unique_graphs"]
+
+    graphs = []
+    for points, ensembles in [("0,0.25,0.75,1", "0+1,0+0.25+0.75+1"), ("0,1", "0+1")]:
+        eager, none = check(points, ensembles)
+        compiled, count = check(points, ensembles, "--torchcompile", "aot_eager")  # inductor: 60 s more
+        assert none == 0 and len(compiled["points"]) == len(points.split(","))
+        pairs = zip(
+            compiled["points"] + compiled["ensembles"], eager["points"] + eager["ensembles"], strict=True
+        )
+        for c, e in pairs:
+            assert (c["top1"], c["top5"]) == (e["top1"], e["top5"]), c
+            assert c["loss"] == pytest.approx(e["loss"], rel=1e-5), c
+        graphs.append(count)
+    assert graphs == [1, 1]  # one graph for every point and ensemble
 
 
 def test_the_flag_and_its_errors():

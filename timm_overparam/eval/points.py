@@ -3,11 +3,17 @@
 Every point runs once: it is set, its BatchNorm statistics recalibrated on training data, the eval
 loader forwarded, and its logits kept on the CPU. Ensembles and TV distances are computed from the
 kept logits, so each ensemble member uses its own statistics and no point is evaluated twice.
+
+The eval loader's passes may run through a compiled model (``forward=torch.compile(model)``): the
+point (the coefficients buffers) and the BatchNorm statistics are tensor data the graph reads, so
+neither another point nor another ensemble compiles again. The recalibration stays eager: its
+cumulative average (``momentum=None``) would be specialized, one graph per batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -96,6 +102,7 @@ def evaluate_points(
     gather: Gather | None = None,
     task: str = "classification",
     p_loss: float = 2.0,
+    forward: Callable[[Tensor], Tensor] | None = None,
 ) -> SubspaceResults:
     """Metrics of each point, of ensembles of those points (averaged logits or probabilities), TV distances.
 
@@ -105,6 +112,11 @@ def evaluate_points(
     ``loader`` yields ``(x, target)``; with BatchNorm every point first recalibrates on ``bn_batches``
     of ``bn_loader``. Model point, BN statistics and training flags are restored afterwards. In a
     distributed run pass each process's share as ``loader`` and ``gather=accelerator.gather_for_metrics``.
+
+    ``forward`` (default: ``model``) computes the eval loader's outputs, e.g. ``torch.compile(model)``;
+    it must run ``model`` itself, which the points and statistics are set on. Other than ``model`` it
+    runs outside ``parametrize.cached()``: a graph composes the weights itself (the cache would add
+    guards on its contents, and a second graph).
 
     Example: ``res = evaluate_points(m, val_loader, [0, 0.5, 1], [[0, 1]], bn_loader=train_loader)``
     """
@@ -134,17 +146,20 @@ def evaluate_points(
         )
 
     device = next(model.parameters()).device
+    forward = model if forward is None else forward
     logits: list[Tensor] = []
     bn_stats: list[BNStats] = []
     targets: Tensor | None = None
     try:
         with preserve_modes(model):
             for p in points:
-                with at_point(model, p), parametrize.cached():
+                with at_point(model, p):
                     if has_bn:
-                        bn_stats.append(recalibrate_bn(model, bn_loader, bn_batches, device))
+                        with parametrize.cached():
+                            bn_stats.append(recalibrate_bn(model, bn_loader, bn_batches, device))
                     model.eval()
-                    out, y = _logits(model, loader, device, gather)
+                    with parametrize.cached() if forward is model else nullcontext():
+                        out, y = _logits(forward, loader, device, gather)
                 if targets is not None and not torch.equal(y, targets):
                     raise ValueError(f"the eval loader gave point {p!r} other targets: it must not shuffle")
                 logits.append(out)

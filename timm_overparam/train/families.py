@@ -25,7 +25,7 @@ which family it runs. A family reads from the run (``run.val_loader``, ``run.acc
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import Any
 
@@ -387,10 +387,16 @@ class SubspaceFamily(PlainFamily):
         return metrics, res
 
     def evaluate_points(
-        self, model: nn.Module, val_loader: Iterable, bn_loader: Iterable, gather: Gather | None
+        self,
+        model: nn.Module,
+        val_loader: Iterable,
+        bn_loader: Iterable,
+        gather: Gather | None,
+        forward: Callable[[Tensor], Tensor] | None = None,
     ) -> SubspaceResults:
         """The run's points and ensembles of ``model`` evaluated (each point with BatchNorm
-        statistics recalibrated on ``bn_loader``), as the run's options ask."""
+        statistics recalibrated on ``bn_loader``; the validation passes through ``forward``, by
+        default ``model``), as the run's options ask."""
         return evaluate_points(
             model,
             val_loader,
@@ -402,6 +408,7 @@ class SubspaceFamily(PlainFamily):
             gather=gather,
             task=self.task,
             p_loss=self.p_loss,
+            forward=forward,
         )
 
     def point_rank(
@@ -433,13 +440,9 @@ class SubspaceFamily(PlainFamily):
         return {"param_count_point": sum(p.numel() for p in plain.parameters()), "exports": exports}
 
     def validate(self, model: nn.Module, val_loader: Any, bn_loader: Any, gather: Any) -> dict[str, Any]:
-        if getattr(self.config, "torchcompile", None):
-            raise ValueError(
-                "--torchcompile in validate.py compiles the stock model of plain and op runs; a subspace "
-                "model's points recalibrate BatchNorm with a cumulative average, which torch.compile "
-                "recompiles at every batch: validate the points without --torchcompile"
-            )
-        res = self.evaluate_points(model, val_loader, bn_loader, gather)
+        """validate.py's record of the run's points and ensembles; with ``--torchcompile`` the
+        validation passes run compiled (the same graphs for every point), the BatchNorm recalibration eager."""
+        res = self.evaluate_points(model, val_loader, bn_loader, gather, forward=compiled(model, self.config))
         points = [
             {"point": p} | timm_record(m) | self.point_rank(model, res, i, val_loader, gather)
             for i, (p, m) in enumerate(zip(res.points, res.metrics, strict=True))

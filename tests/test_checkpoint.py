@@ -109,7 +109,11 @@ def test_saved_state_records_the_sha256_of_every_file(tmp_path):
         ("model", "", r"field 'model' must be a non-empty string, got ''"),
         ("model_kwargs", [1], r"field 'model_kwargs' must be an object"),
         ("files", ["a"], r"field 'files' must be an object"),
-        ("files", {"../model.safetensors": "0" * 64}, r"must be plain file names.*'../model.safetensors'"),
+        (
+            "files",
+            {"../model.safetensors": "0" * 64},
+            r"must be relative paths of files.*'../model.safetensors'",
+        ),
         ("files", {"optimizer.bin": "abc"}, r"field 'files.optimizer.bin' must be a sha256.*'abc'"),
         ("colour", "red", r"unknown field\(s\) \['colour'\]"),
     ],

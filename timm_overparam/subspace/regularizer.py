@@ -7,6 +7,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch < 2.5
+    from torch.distributed._tensor import DTensor
+
 from timm_overparam.subspace.parametrization import SubspaceParam, _subspace_tensors
 
 
@@ -57,6 +62,14 @@ def _pair(n: int, generator: torch.Generator | None) -> tuple[int, int]:
     return i, j
 
 
+def _by_placement(params: list[SubspaceParam]) -> list[list[SubspaceParam]]:
+    """``params`` split into those with plain vertices and those with sharded ones (DTensors:
+    FSDP2 outside the forward of their group), each list non-empty."""
+    sharded = [isinstance(p.vertices[0], DTensor) for p in params]
+    parts = [[p for p, s in zip(params, sharded, strict=True) if s is flag] for flag in (False, True)]
+    return [part for part in parts if part]
+
+
 def subspace_regularizer(model: nn.Module, generator: torch.Generator | None = None) -> Tensor:
     """``cos^2`` between two distinct random vertices, over the concatenation of the regularized tensors.
 
@@ -65,7 +78,8 @@ def subspace_regularizer(model: nn.Module, generator: torch.Generator | None = N
     running over every regularized subspace tensor, as the original (which added ``beta`` times it
     to the loss). Half precision vertices are summed in float32. The three sums have a closed-form
     gradient; the whole works under ``torch.func`` transforms (e.g. vmap of ``functional_call``
-    over stacked copies of a model; the draw, for more than 2 vertices, needs ``randomness='same'``).
+    over stacked copies of a model; the draw, for more than 2 vertices, needs ``randomness='same'``)
+    and on FSDP2-sharded vertices (each process sums its shards; the sums are then all-reduced).
 
     Example: ``loss = loss + 1.0 * subspace_regularizer(model)``
     """
@@ -77,6 +91,10 @@ def subspace_regularizer(model: nn.Module, generator: torch.Generator | None = N
     def vertex(p: SubspaceParam, k: int) -> Tensor:  # half precision sums in float32
         return p.vertices[k].to(torch.promote_types(p.vertices[k].dtype, torch.float32))
 
-    sums = _Sums.apply(len(params), *(vertex(p, i) for p in params), *(vertex(p, j) for p in params))
+    sums = None
+    for part in _by_placement(params):  # sharded (FSDP2) vertices reduce apart, then in full
+        local = _Sums.apply(len(part), *(vertex(p, i) for p in part), *(vertex(p, j) for p in part))
+        local = local.full_tensor() if isinstance(local, DTensor) else local
+        sums = local if sums is None else sums + local
     dot, norm_i, norm_j = sums.unbind()
     return dot.square() / (norm_i * norm_j)

@@ -14,6 +14,13 @@ needs is present, recorded, unchanged and loadable, and that accelerate really r
 states; validate.py checks the weights file it reads. Nothing is unpickled: weights are
 safetensors, the state is JSON, and accelerate reads its optimizer and RNG files with
 ``torch.load(weights_only=True)``.
+
+Under FSDP2 (sharded parameters) accelerate writes the model and optimizer as sharded
+``torch.distributed.checkpoint`` folders (``pytorch_model_fsdp_0/``, ``optimizer_0/``: each process
+its own shard, restored sharded on resume), and the main process also writes the full weights as
+``model.safetensors`` (from the run's evaluation replica, ``Checkpoints.save(full=...)``), so that
+validate.py, ``--initial-checkpoint`` and the key check of a resume read every checkpoint alike.
+The sha256 of every file, those inside the sharded folders too, is recorded and checked.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, is_cuda_available, is_xpu_available
 from accelerate.utils import load as accelerate_load
+from accelerate.utils.constants import FSDP_MODEL_NAME, OPTIMIZER_NAME
 from safetensors import SafetensorError
 from torch import nn
 
@@ -57,7 +65,7 @@ _WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 class TrainerState:
     """What a checkpoint knows besides tensors: the run's model, progress, metric and file hashes.
 
-    ``files`` (file name -> sha256) is filled in by ``Checkpoints.save``.
+    ``files`` (path inside the checkpoint folder -> sha256) is filled in by ``Checkpoints.save``.
     """
 
     model: str
@@ -127,8 +135,8 @@ def _checked(data: Any, path: Path, hint: str = _EDITED) -> TrainerState:
     if not isinstance(files, dict):
         raise _bad(path, "files", files, "an object (file name -> sha256)", hint=hint)
     for name, digest in files.items():
-        if name in ("", ".", "..", STATE_FILE) or Path(name).name != name or "\\" in name:
-            raise _bad(path, "files", name, "plain file names of the checkpoint folder", hint=hint)
+        if name == STATE_FILE or "\\" in name or any(part in ("", ".", "..") for part in name.split("/")):
+            raise _bad(path, "files", name, "relative paths of files inside the checkpoint folder", hint=hint)
         if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
             raise _bad(path, f"files.{name}", digest, "a sha256 in hex (64 characters)", hint=hint)
     return TrainerState(**{**data, "metric": metric})
@@ -245,6 +253,14 @@ def _rng_keys() -> list[str]:
     return keys
 
 
+def is_sharded(accelerator: Accelerator) -> bool:
+    """Whether ``accelerator`` shards the model's parameters (FSDP2; accelerate >= 1.6).
+
+    Example: ``is_sharded(Accelerator())`` is False
+    """
+    return bool(getattr(accelerator, "is_fsdp2", False))
+
+
 def _same_numpy_state(a: Any, b: Any) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
@@ -293,11 +309,16 @@ class Checkpoints:
         return self._best()[0]
 
     def save(
-        self, state: TrainerState, ema: nn.Module | None = None, callbacks: list[dict[str, Any]] | None = None
+        self,
+        state: TrainerState,
+        ema: nn.Module | None = None,
+        callbacks: list[dict[str, Any]] | None = None,
+        full: nn.Module | None = None,
     ) -> bool:
         """Write ``checkpoint-<epoch>``, move ``last`` (and ``best`` if the metric improved); prune.
 
         ``callbacks``: the main process's callback states (JSON data), written as ``callbacks.json``.
+        ``full``: an unsharded copy of a sharded (FSDP2) model, written as ``model.safetensors``.
 
         Called on every process (accelerate writes each process's RNG state). Returns True when
         this checkpoint became ``best``. A write that fails (full disk, I/O error) removes the
@@ -325,7 +346,7 @@ class Checkpoints:
             message = _first_error(error)  # also the barrier: every process's files are written
             if message is None and acc.is_main_process:
                 try:
-                    self._finish(state, tmp, name, ema, improved, best_ok, callbacks)
+                    self._finish(state, tmp, name, ema, improved, best_ok, callbacks, full)
                 except _WRITE_ERRORS as e:
                     error = e
             message = message or _first_error(error)
@@ -362,13 +383,17 @@ class Checkpoints:
         improved: bool,
         best_ok: bool,
         callbacks: list[dict[str, Any]] | None = None,
+        full: nn.Module | None = None,
     ) -> None:
-        """Main process: EMA, callbacks, hashes and state into ``tmp``, rename it into place, move the links."""
+        """Main process: full weights (FSDP2), EMA, callbacks, hashes and state into ``tmp``, rename it
+        into place, move the links."""
+        if full is not None:
+            save_weights(full, tmp / MODEL_FILE, parametrized=True)
         if ema is not None:
             save_weights(ema, tmp / EMA_FILE, parametrized=True)
         if callbacks is not None:
             write_text_atomic(tmp / CALLBACKS_FILE, json.dumps(callbacks, indent=1))
-        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         _write_json(tmp / STATE_FILE, asdict(replace(state, files=files)))  # last: marks it complete
         final = self.folder / name
         if final.exists():  # the same epoch saved again (a resumed run): keep only the new one
@@ -408,11 +433,19 @@ class Checkpoints:
             except OSError as e:
                 warnings.warn(f"could not delete old checkpoint {str(path)!r}: {e}", stacklevel=3)
 
-    def _needed(self, with_ema: bool) -> tuple[list[str], list[str]]:
+    def _needed(self, with_ema: bool, state: TrainerState) -> tuple[list[str], list[str]]:
         """Files this process reads on a resume: (shared ones, verified by the main process; its own)."""
         acc = self.accelerator
-        shared = [MODEL_FILE if i == 0 else f"model_{i}.safetensors" for i in range(len(acc._models))]
-        shared += ["optimizer.bin" if i == 0 else f"optimizer_{i}.bin" for i in range(len(acc._optimizers))]
+        if is_sharded(acc):  # the full weights, and the recorded files of accelerate's sharded folders
+            folders = [f"{FSDP_MODEL_NAME}_{i}" for i in range(len(acc._models))]
+            folders += [f"{OPTIMIZER_NAME}_{i}" for i in range(len(acc._optimizers))]
+            shared = [MODEL_FILE] + [f"{f}/.metadata" for f in folders]
+            shared += sorted(n for n in state.files if n.split("/")[0] in folders and n not in shared)
+        else:
+            shared = [MODEL_FILE if i == 0 else f"model_{i}.safetensors" for i in range(len(acc._models))]
+            shared += [
+                "optimizer.bin" if i == 0 else f"optimizer_{i}.bin" for i in range(len(acc._optimizers))
+            ]
         if acc.scaler is not None:
             shared.append(SCALER_FILE)
         if with_ema:
@@ -422,7 +455,7 @@ class Checkpoints:
     def _check_files(self, folder: Path, state: TrainerState, with_ema: bool) -> dict[str, Any]:
         """Every file this process needs: present, unchanged, loadable without pickle; returns its
         RNG states (checked against what accelerate restores)."""
-        shared, own = self._needed(with_ema)
+        shared, own = self._needed(with_ema, state)
         if with_ema and not (folder / EMA_FILE).is_file():
             raise ValueError(f"{str(folder)!r} has no {EMA_FILE}: it was trained without --model-ema")
         saved = sorted(n for n in state.files if n.startswith(RNG_PREFIX))
@@ -435,7 +468,7 @@ class Checkpoints:
                     hint = " (it was saved without float16 --amp: resume with the same --amp settings)"
                 raise ValueError(f"{str(folder / name)!r} is missing: the checkpoint is incomplete{hint}")
         verify_files(folder, (shared if self.accelerator.is_main_process else []) + own, state)
-        for i, opt in enumerate(self.accelerator._optimizers):
+        for i, opt in enumerate([] if is_sharded(self.accelerator) else self.accelerator._optimizers):
             path = folder / ("optimizer.bin" if i == 0 else f"optimizer_{i}.bin")
             try:
                 saved_opt = accelerate_load(path, map_location="cpu", mmap=True)  # weights_only=True
@@ -486,7 +519,12 @@ class Checkpoints:
             )
 
     def load(
-        self, folder: str | os.PathLike, model: nn.Module, model_name: str, ema: nn.Module | None = None
+        self,
+        folder: str | os.PathLike,
+        model: nn.Module,
+        model_name: str,
+        ema: nn.Module | None = None,
+        full: nn.Module | None = None,
     ) -> TrainerState:
         """Restore model, optimizer and RNG states (accelerate), the EMA and the trainer state.
 
@@ -494,7 +532,8 @@ class Checkpoints:
         and shapes of its tensors and every file this process needs (present, sha256 as recorded,
         loadable without pickle) are checked before accelerate restores anything, and the RNG
         states after: a missing, damaged or foreign file is a ValueError naming it, never a
-        silently different run. Call it on every process.
+        silently different run. Call it on every process. ``full``: the unsharded copy of a sharded
+        (FSDP2) model, which the full weights are checked and loaded into.
 
         Example: ``Checkpoints(acc, "output/train/exp", False, 2).load("output/train/exp/last", model, "resnet18_op3")``
         """
@@ -508,7 +547,9 @@ class Checkpoints:
         if unpickled:  # accelerate reads these with weights_only=False; this project never writes them
             raise ValueError(f"{str(folder / unpickled[0])!r} is foreign: train.py checkpoints have none")
         # every key and shape first (a truncated or foreign file names the fix), then the rest
-        load_weights(self.accelerator.unwrap_model(model, keep_torch_compile=False), folder / MODEL_FILE)
+        load_weights(
+            full or self.accelerator.unwrap_model(model, keep_torch_compile=False), folder / MODEL_FILE
+        )
         rng: dict[str, Any] = {}
         error: BaseException | None = None
         try:

@@ -14,6 +14,7 @@ with ``block_weights()`` also ``blocks.safetensors``).
 
 from __future__ import annotations
 
+import copy
 import csv
 import importlib
 import io
@@ -29,13 +30,14 @@ from typing import Any
 import timm
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import DistributedType, broadcast, broadcast_object_list, set_seed
 from filelock import FileLock, Timeout
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, update_summary
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm import tqdm
 
 from timm_overparam.core.atomic import write_text_atomic
@@ -45,6 +47,7 @@ from timm_overparam.train.callbacks import CallbackList
 from timm_overparam.train.checkpoint import (
     Checkpoints,
     TrainerState,
+    is_sharded,
     read_callbacks,
     read_state,
 )
@@ -67,6 +70,7 @@ from timm_overparam.train.data import (
     transforms,
 )
 from timm_overparam.train.families import family_of
+from timm_overparam.train.sharding import mark_blocks
 
 DECREASING = ("loss", "ece", "mae")  # metrics where lower is better
 RESEARCH_CALLBACKS = "timm_overparam.research.callbacks"  # the module of the research flags' callbacks
@@ -289,6 +293,7 @@ class Trainer:
         if cfg.initial_checkpoint:
             load_weights(model, cfg.initial_checkpoint)
         self.family = family_of(model, cfg)
+        self.replica = self._check_sharding(model)
         self.data_config = set_transforms(cfg, model, train_set, val_set)
         self.train_set = train_set
         eval_batch = cfg.validation_batch_size or cfg.batch_size
@@ -336,7 +341,7 @@ class Trainer:
         decreasing = cfg.eval_metric.split("_")[-1] in DECREASING
         if cfg.resume:
             state = Checkpoints(self.acc, Path(cfg.resume).parent, decreasing, cfg.checkpoint_hist).load(
-                cfg.resume, self.model, cfg.model, self.ema.module if self.ema else None
+                cfg.resume, self.model, cfg.model, self.ema.module if self.ema else None, self.replica
             )
             self.callbacks.load(read_callbacks(cfg.resume), repr(str(cfg.resume)))
             self.start_epoch, self.step = state.epoch, state.step
@@ -348,6 +353,67 @@ class Trainer:
     @property
     def unwrapped(self) -> nn.Module:
         return self.acc.unwrap_model(self.model, keep_torch_compile=False)
+
+    def full_model(self) -> nn.Module:
+        """The model with whole parameters that every process evaluates and the exports are made of:
+        ``unwrapped``, or under FSDP2 the run's replica loaded with the gathered full state. With
+        several processes the training model's buffers (BatchNorm statistics, which data parallelism
+        keeps per process) are set to the main process's first, as DDP does before each forward, so
+        that every process evaluates one model and a sharded checkpoint (which saves replicated
+        tensors from any one process) holds the main process's. A collective call.
+
+        Example: ``metrics = run.family.evaluate(run, run.full_model(), epoch)``
+        """
+        model = self.main_buffers(self.unwrapped)  # also what a sharded checkpoint saves of them
+        if self.replica is not None:
+            options = StateDictOptions(full_state_dict=True, cpu_offload=False)
+            self.replica.load_state_dict(get_model_state_dict(model, options=options))
+            model = self.replica
+        return model
+
+    def main_buffers(self, model: nn.Module) -> nn.Module:
+        """``model`` with the main process's buffers on every process (a collective call)."""
+        if self.acc.num_processes > 1:
+            broadcast(list(model.buffers()), from_process=0)
+        return model
+
+    def _check_sharding(self, model: nn.Module) -> nn.Module | None:
+        """Refuse DeepSpeed and FSDP1. Under FSDP2: refuse what needs whole parameters at every step; return the evaluation
+        replica (an unsharded copy of ``model``, made before accelerate shards it) after naming the
+        model's blocks as its FSDP2 units (``sharding.mark_blocks``). Else None."""
+        cfg, acc = self.config, self.acc
+        if acc.distributed_type == DistributedType.DEEPSPEED:
+            raise ValueError(
+                "DeepSpeed is not supported by train.py yet (its engine writes checkpoints this project "
+                "cannot verify or resume; see docs/scaling.md): shard with FSDP2 instead, "
+                "accelerate launch --config_file configs/accelerate/fsdp2.yaml"
+            )
+        if acc.distributed_type == DistributedType.FSDP and not is_sharded(acc):
+            raise ValueError(
+                "FSDP1 is not supported: set fsdp_version: 2 in the accelerate config (or --fsdp_version 2; "
+                "accelerate >= 1.6 and torch >= 2.6), as configs/accelerate/fsdp2.yaml does"
+            )
+        if not is_sharded(acc):
+            return None
+        plugin = acc.state.fsdp_plugin
+        if plugin.state_dict_type.name != "SHARDED_STATE_DICT":
+            raise ValueError(
+                f"fsdp_state_dict_type {plugin.state_dict_type.name}: train.py checkpoints FSDP2 runs sharded; "
+                "set fsdp_state_dict_type: SHARDED_STATE_DICT (the full weights are written beside the shards)"
+            )
+        research = cfg.pvar is not None or cfg.dynamic_lr or cfg.store_grad
+        refused = [
+            f
+            for f, on in (("--model-ema", cfg.model_ema), ("--pvar/--dynamic-lr/--store-grad", research))
+            if on
+        ]
+        if refused:
+            raise ValueError(
+                f"{' and '.join(refused)} read whole parameters at every step, which FSDP2 shards: train "
+                "with DDP (configs/accelerate/ddp.yaml) or leave them out"
+            )
+        mark_blocks(model)  # the FSDP2 units of accelerate's TRANSFORMER_BASED_WRAP policy
+        return copy.deepcopy(model)
 
     @property
     def is_main_process(self) -> bool:
@@ -478,9 +544,10 @@ class Trainer:
 
     def evaluate_all(self, epoch: int) -> dict[str, float]:
         """The training model's metrics (and the EMA's, as ``ema_*``); a non-finite one stops the run."""
-        metrics, self.detail = self.evaluate(self.unwrapped, epoch)
+        metrics, self.detail = self.evaluate(self.full_model(), epoch)
         if self.ema is not None:
-            metrics |= {f"ema_{k}": v for k, v in self.evaluate(self.ema.module, epoch)[0].items()}
+            ema = self.main_buffers(self.ema.module)
+            metrics |= {f"ema_{k}": v for k, v in self.evaluate(ema, epoch)[0].items()}
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
         if bad:
             raise FloatingPointError(
@@ -533,7 +600,8 @@ class Trainer:
             self.callbacks.call("on_epoch_end", self, epoch, metrics)
             state = TrainerState(cfg.model, epoch + 1, self.step, metrics[cfg.eval_metric], cfg.eval_metric)
             state.model_kwargs = dict(cfg.model_kwargs)
-            self.checkpoints.save(state, self.ema.module if self.ema else None, self.callbacks.state())
+            full = None if self.replica is None else self.full_model()
+            self.checkpoints.save(state, self.ema.module if self.ema else None, self.callbacks.state(), full)
             acc.log(
                 {
                     **{f"train_{k}": v for k, v in train.items()},
@@ -557,7 +625,7 @@ class Trainer:
         self, metrics: dict[str, float], best_epoch: int | None, best_metric: float | None
     ) -> dict[str, Any]:
         """The family's exports and ``results.json``; returns the results record."""
-        model = self.unwrapped
+        model = self.full_model()
         results: dict[str, Any] = {
             "model": self.config.model,
             "family": self.family.name,

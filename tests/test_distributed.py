@@ -1,0 +1,219 @@
+"""Beyond one process (issue 16, item 3): FSDP2 through accelerate against DDP, on 2 CPU processes.
+
+accelerate sets FSDP up only for accelerator devices; ``tests/fsdp_on_cpu.py`` lifts that gate and
+nothing else, so train.py's FSDP2 path (accelerate's ``fully_shard`` preparation and sharded
+checkpoints, this project's evaluation replica, regulariser, checkpoints and exports) runs here
+with gloo. Both runs use the shipped configs (configs/accelerate/fsdp2.yaml, ddp.yaml).
+"""
+
+import copy
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import timm
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from accelerate.commands.config.config_args import load_config_from_file
+from safetensors.torch import load_file
+
+import timm_overparam  # noqa: F401  (registers the _op/_line models)
+from timm_overparam.subspace.regularizer import subspace_regularizer
+from timm_overparam.train.cli import parse_args, validate_parser
+from timm_overparam.train.loop import Trainer
+from timm_overparam.train.sharding import block_classes, mark_blocks
+from timm_overparam.train.validation import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "accelerate"
+ARGS = ["-b", "64", "--warmup-epochs", "0", "--lr", "0.1", "--workers", "0"]
+
+
+def launch(config: str, *argv: str, fsdp: bool = False) -> subprocess.CompletedProcess:
+    """train.py under ``accelerate launch --config_file configs/accelerate/<config>`` with 2 CPU processes."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config)]
+    cmd += ["--num_processes", "2", *(["tests/fsdp_on_cpu.py"] if fsdp else []), "train.py", *argv]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def rows(folder: Path) -> list[dict[str, float]]:
+    with open(folder / "summary.csv") as f:
+        return [{k: float(v) for k, v in r.items() if k != "train_step_time"} for r in csv.DictReader(f)]
+
+
+def test_the_shipped_configs_are_what_accelerate_reads():
+    ddp = load_config_from_file(str(CONFIGS / "ddp.yaml"))
+    assert (ddp.distributed_type, ddp.mixed_precision, ddp.use_cpu) == ("MULTI_GPU", "no", False)
+    fsdp = load_config_from_file(str(CONFIGS / "fsdp2.yaml"))
+    assert fsdp.distributed_type == "FSDP"
+    assert fsdp.fsdp_config["fsdp_version"] == 2
+    assert fsdp.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"  # train.py requires it
+    assert fsdp.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"  # model._no_split_modules
+
+
+@pytest.mark.parametrize(
+    "arch, blocks",
+    [
+        ("resnet18", ["BasicBlock"]),
+        ("resnet50_op3", ["Bottleneck"]),
+        ("vit_base_patch16_224_op2", ["Block"]),
+        ("regnetx_002", ["Bottleneck"]),  # blocks s1.b1 ...: no Sequential, timm's grouping finds them
+        ("test_convnext", ["ConvNeXtBlock", "ConvNeXtStage"]),
+        # a subspace ConvNeXt's blocks own a parametrized gamma: a class per instance, so the stage
+        ("convnext_tiny_line", ["ConvNeXtStage"]),
+    ],
+)
+def test_block_classes_are_timms_blocks(arch, blocks):
+    with torch.device("meta"):
+        model = timm.create_model(arch)
+    assert block_classes(model) == blocks
+    assert mark_blocks(model) == blocks and model._no_split_modules == blocks
+    model._no_split_modules = ["Mine"]  # a model that names its own units keeps them
+    assert mark_blocks(model) == ["Mine"]
+
+
+def _sharded_gradients(rank: int, world: int, init: str, result: dict) -> None:
+    """One process of ``test_sharded_regulariser_and_loss_have_unsharded_gradients``."""
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet_line", num_classes=10).double()
+    reference = copy.deepcopy(model)
+    for module in list(model.modules()):
+        if type(module).__name__ in block_classes(model):
+            fully_shard(module)  # the blocks' vertices are DTensors outside their forward
+    fully_shard(model)
+    g = torch.Generator().manual_seed(1)
+    x, y = (
+        torch.randn(8, 3, 32, 32, dtype=torch.float64, generator=g),
+        torch.randint(0, 10, (8,), generator=g),
+    )
+    ce = torch.nn.functional.cross_entropy
+    half = slice(4 * rank, 4 * rank + 4)
+    reg = subspace_regularizer(model)
+    (ce(model(x[half]), y[half]) + reg).backward()
+    ref_reg = subspace_regularizer(reference)
+    (
+        sum(ce(reference(x[4 * r : 4 * r + 4]), y[4 * r : 4 * r + 4]) for r in range(world)) / world + ref_reg
+    ).backward()
+    grads = dict(model.named_parameters())
+    errors = [
+        ((grads[n].grad.full_tensor() - p.grad).abs().max() / p.grad.abs().max()).item()
+        for n, p in reference.named_parameters()
+        if p.grad is not None
+    ]
+    sharded = sum(type(p).__name__ == "DTensor" for p in model.parameters())
+    if rank == 0:
+        result.update(
+            reg=reg.item(), ref_reg=ref_reg.item(), error=max(errors), n=len(errors), sharded=sharded
+        )
+    dist.destroy_process_group()
+
+
+def test_sharded_regulariser_and_loss_have_unsharded_gradients(tmp_path):
+    """FSDP2 over the blocks of a line (float64, 2 gloo processes): the regulariser over sharded and
+    whole vertices, plus the data loss, gives the regulariser and every gradient of one unsharded model."""
+    result = mp.Manager().dict()
+    mp.spawn(_sharded_gradients, args=(2, f"file://{tmp_path / 'rendezvous'}", result), nprocs=2)
+    assert result["reg"] == pytest.approx(result["ref_reg"], rel=1e-12)
+    assert result["n"] > 30 and result["sharded"] == result["n"]  # every parameter sharded and checked
+    assert result["error"] < 1e-10
+
+
+def test_fsdp2_op_run_equals_ddp_resumes_and_exports_a_stock_model_once(tmp_path):
+    argv = ["--model", "test_resnet_op2", *ARGS, "--epochs", "2", "--output", str(tmp_path)]
+    launch("ddp.yaml", *argv, "--experiment", "ddp")
+    out = launch("fsdp2.yaml", *argv, "--experiment", "fsdp", fsdp=True)
+    assert out.stdout.count("test_resnet_op2 (op)") == 1  # the main process speaks
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    for one, two in zip(rows(fsdp), rows(ddp), strict=True):  # the same run, sharded
+        assert one == pytest.approx(two, rel=1e-6, abs=1e-7)
+    # checkpoints: accelerate's shards, and the full weights beside them (what validate.py reads)
+    last = fsdp / "checkpoint-2"
+    assert {p.name for p in last.iterdir()} >= {"pytorch_model_fsdp_0", "optimizer_0", "model.safetensors"}
+    assert (last / "pytorch_model_fsdp_0" / ".metadata").is_file()
+    assert (
+        load_file(last / "model.safetensors").keys()
+        == load_file(ddp / "checkpoint-2" / "model.safetensors").keys()
+    )
+    # the export: one full stock state_dict, as DDP's
+    a, b = load_file(fsdp / "collapsed.safetensors"), load_file(ddp / "collapsed.safetensors")
+    assert (
+        a.keys()
+        == b.keys()
+        == timm.create_model("test_resnet", num_classes=10, in_chans=1).state_dict().keys()
+    )
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+    record = validate(
+        parse_args(validate_parser(), ["--model", "test_resnet_op2", "--checkpoint", str(fsdp / "last")])
+    )
+    assert record["top1"] == pytest.approx(100 * rows(fsdp)[-1]["eval_top1"], abs=1e-3)
+    # resume the sharded checkpoint of epoch 1: epoch 2 again, as the straight run
+    os.unlink(fsdp / "last")
+    os.symlink("checkpoint-1", fsdp / "last")
+    straight = rows(fsdp)
+    launch("fsdp2.yaml", *argv, "--resume", str(fsdp / "last"), fsdp=True)
+    assert rows(fsdp) == straight
+
+
+def test_fsdp2_line_run_with_the_regulariser_trains_as_ddp(tmp_path):
+    argv = ["--model", "test_resnet_line", *ARGS, "--epochs", "1", "--output", str(tmp_path)]
+    argv += [
+        "--num-samples",
+        "2",
+        "--eval-points",
+        "0,0.5,1",
+        "--eval-ensembles",
+        "0+1",
+        "--bn-recal-batches",
+        "2",
+    ]
+    launch("ddp.yaml", *argv, "--experiment", "ddp")
+    launch("fsdp2.yaml", *argv, "--experiment", "fsdp", fsdp=True)
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    # the regulariser's sums run in another order over shards (float32 rounding, 3e-7 relative in
+    # its gradients), which 11 steps at lr 0.1 amplify; without it the runs are equal to the last bit
+    (one,), (two,) = rows(fsdp), rows(ddp)
+    assert one.keys() == two.keys()
+    assert one["train_loss"] == pytest.approx(two["train_loss"], rel=0.01)
+    for point in ("0", "0.5", "1"):
+        assert one[f"eval_point{point}_loss"] == pytest.approx(two[f"eval_point{point}_loss"], rel=0.02)
+    for name in ("point-0.safetensors", "point-0.5.safetensors", "point-1.safetensors"):
+        assert load_file(fsdp / name).keys() == load_file(ddp / name).keys()
+
+
+def _fake_run(**config) -> SimpleNamespace:
+    """What ``Trainer._check_sharding`` reads of a run under FSDP2 (accelerate's sharded state dict)."""
+    plugin = SimpleNamespace(
+        state_dict_type=SimpleNamespace(name=config.pop("state_dict_type", "SHARDED_STATE_DICT"))
+    )
+    acc = SimpleNamespace(is_fsdp2=True, distributed_type="FSDP", state=SimpleNamespace(fsdp_plugin=plugin))
+    cfg = SimpleNamespace(
+        **{"model_ema": False, "pvar": None, "dynamic_lr": False, "store_grad": False, **config}
+    )
+    return SimpleNamespace(acc=acc, config=cfg)
+
+
+def test_fsdp2_refuses_what_needs_whole_parameters_at_every_step():
+    model = timm.create_model("test_resnet_op2")
+    replica = Trainer._check_sharding(_fake_run(), model)
+    assert replica is not model and model._no_split_modules == ["BasicBlock"]
+    with pytest.raises(ValueError, match=r"--model-ema read whole parameters.*configs/accelerate/ddp.yaml"):
+        Trainer._check_sharding(_fake_run(model_ema=True), model)
+    with pytest.raises(ValueError, match=r"--pvar/--dynamic-lr/--store-grad read whole parameters"):
+        Trainer._check_sharding(_fake_run(pvar=2.0), model)
+    with pytest.raises(ValueError, match=r"fsdp_state_dict_type FULL_STATE_DICT.*SHARDED_STATE_DICT"):
+        Trainer._check_sharding(_fake_run(state_dict_type="FULL_STATE_DICT"), model)
+    deepspeed = _fake_run()
+    deepspeed.acc.distributed_type = "DEEPSPEED"
+    with pytest.raises(ValueError, match=r"DeepSpeed is not supported.*configs/accelerate/fsdp2.yaml"):
+        Trainer._check_sharding(deepspeed, model)

@@ -1,4 +1,6 @@
 import os
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -22,6 +24,35 @@ def fresh_accelerate_state():
 def _seed():
     torch.manual_seed(0)
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def one_epoch_run(tmp_path_factory):
+    """The folder of one 1-epoch train.py run of ``test_resnet_op2`` on the digits (test_train.py's
+    ``FAST`` settings; ``last`` -> ``checkpoint-1``), trained once per session (under xdist once per
+    worker) for the tests that need some trained run. Tests only read it; a test that damages or
+    resumes a run takes its own copy (``one_epoch_copy``). Its files are checked unchanged at the end."""
+    from accelerate.state import AcceleratorState, GradientState
+    from test_train import FAST, run
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # what the autouse fixtures give a test
+    GradientState._reset_state()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    output = tmp_path_factory.mktemp("one_epoch")
+    run(output, *FAST, "--epochs", "1", "--experiment", "run")
+    folder = output / "run"
+    files = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    yield folder
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == files, (
+        "a test changed one_epoch_run"
+    )
+
+
+@pytest.fixture
+def one_epoch_copy(one_epoch_run, tmp_path):
+    """A copy of ``one_epoch_run`` at ``tmp_path / "run"`` (links kept), for a test to damage or resume."""
+    return Path(shutil.copytree(one_epoch_run, tmp_path / "run", symlinks=True))
 
 
 def randomize_norm_stats(module: torch.nn.Module, eps: float | None = None) -> None:

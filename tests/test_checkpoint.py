@@ -149,9 +149,8 @@ def test_a_state_that_could_not_be_read_back_is_not_saved(tmp_path):
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
-def test_resume_with_an_edited_epoch_fails_before_writing_anything(tmp_path):
-    run(tmp_path, *FAST, "--epochs", "1", "--experiment", "j")
-    folder = tmp_path / "j"
+def test_resume_with_an_edited_epoch_fails_before_writing_anything(tmp_path, one_epoch_copy):
+    folder = one_epoch_copy  # one epoch done: `last` -> checkpoint-1
     edit_state(folder / "checkpoint-1", epoch=-2)
     before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
     with pytest.raises(
@@ -420,9 +419,8 @@ def test_subspace_resume_is_bit_exact_and_needs_its_random_states(tmp_path):
         run(tmp_path, *LINE, "--epochs", "2", "--resume", str(folder / "checkpoint-1"))
 
 
-def test_validate_and_resume_refuse_a_flipped_bit(tmp_path):
-    run(tmp_path, *FAST, "--epochs", "1", "--experiment", "k")
-    last = tmp_path / "k" / "last"
+def test_validate_and_resume_refuse_a_flipped_bit(tmp_path, one_epoch_copy):
+    last = one_epoch_copy / "last"
     argv = ["--model", "test_resnet_op2", "--checkpoint", str(last)]
     assert validate(parse_args(validate_parser(), argv))["top1"] > 0
     path = last / "model.safetensors"

@@ -232,6 +232,87 @@ def test_dynamic_lr_leaves_a_flat_path_and_reads_activations():
         assert DynamicLR(p=2).constant(Blocks([[[0.0]]])) == 2.0
 
 
+def count_p_variations(monkeypatch):
+    """The q of every p_variation call from now on (the callbacks import it when they compute)."""
+    module = sys.modules["timm_overparam.research.pvariation"]
+    real, calls = module.p_variation, []
+
+    def counted(path, p):
+        calls.append(float(p))
+        return real(path, p)
+
+    monkeypatch.setattr(module, "p_variation", counted)
+    return calls
+
+
+def test_dynamic_lr_takes_the_p_variation_the_logger_computed(monkeypatch):
+    calls = count_p_variations(monkeypatch)
+    model = Blocks(torch.randn(5, 2, 2), alpha=0.5, activation="relu")
+
+    def alone(beta=None, p=2):
+        """DynamicLR by itself on the current weights (it computes the p-variation: one call)."""
+        dyn, run = DynamicLR(p=p, beta=beta), Run(model, optimizer=sgd(model))
+        dyn.on_run_start(run)
+        before = len(calls)
+        dyn.on_epoch_end(run, 0, {})
+        assert calls[before:] == [float(p)]
+        return dyn.lr
+
+    def epoch(logger, dyn, updates=3, main=True):
+        """One epoch of `updates` updates with the logger and DynamicLR in one run; the p-variation
+        calls of the updates and of the epoch end."""
+        run = Run(model, optimizer=sgd(model), main=main)
+        run.callbacks = CallbackList([logger, dyn])
+        dyn.on_run_start(run)
+        calls.clear()
+        for step in range(updates):
+            with torch.no_grad():
+                model.w.add_(0.1 * torch.randn_like(model.w))  # the update
+            run.step = step
+            logger.on_after_step(run, model)
+        during = list(calls)
+        run.step = updates
+        dyn.on_epoch_end(run, 0, {})
+        return during, calls[len(during) :]
+
+    # the logger computed after the last update: its value is taken, nothing is computed again
+    logger, dyn = PVariationLogger(p=2), DynamicLR(p=2)
+    during, end = epoch(logger, dyn)
+    assert during == [2.0, 1.0, 1.5] * 3 and end == []  # 9 calls per epoch; 10 without the sharing
+    assert (
+        dyn.lr
+        == alone()
+        == [10 * 0.2 / logger.latest["pvar_2"] ** 2, 10 * 0.01 / logger.latest["pvar_2"] ** 2]
+    )
+    # a logger of p = 4 logs the 2-variation too (p/2): DynamicLR(p=2) takes it
+    during, end = epoch(PVariationLogger(p=4), dyn := DynamicLR(p=2))
+    assert during == [4.0, 2.0, 3.0] * 3 and end == [] and dyn.lr == alone()
+    # the logger's last value is of update 2 of 3 (every 2), of another beta, or of a process that
+    # computes nothing (not the main one): DynamicLR computes it itself, the same number as alone
+    for logger, dyn, main in [
+        (PVariationLogger(p=2, every=2), DynamicLR(p=2), True),
+        (PVariationLogger(p=2), DynamicLR(p=2, beta=0.25), True),
+        (PVariationLogger(p=2), DynamicLR(p=2), False),
+    ]:
+        during, end = epoch(logger, dyn, main=main)
+        assert end == [2.0] and dyn.lr == alone(beta=dyn.beta)
+    # a resumed logger's values were computed elsewhere (and the weights moved since): not taken
+    logger = PVariationLogger(p=2)
+    epoch(logger, DynamicLR(p=2))
+    restored = round_trip(logger, PVariationLogger(p=2))
+    assert restored.latest_step == 3 and restored.latest == logger.latest
+    with torch.no_grad():
+        model.w.mul_(2.0)
+    run = Run(model, optimizer=sgd(model))
+    run.step, run.callbacks = 3, CallbackList([restored, dyn := DynamicLR(p=2)])
+    dyn.on_run_start(run)
+    calls.clear()
+    dyn.on_epoch_end(run, 0, {})
+    assert calls == [2.0] and dyn.lr == alone()
+    # the path doubled doubles pv: a quarter of the lr the restored value would give
+    assert dyn.lr[0] == pytest.approx(10 * 0.2 / restored.latest["pvar_2"] ** 2 / 4, rel=1e-12)
+
+
 # ------------------------------------------------------------------------------------ Omega
 def per_sample_sq(model, x, y, loss_i):
     """sum_i |d loss_i / d yhat_i|^2 from one autograd call per sample (independent of the recorder)."""
@@ -399,7 +480,7 @@ def read_csv_rows(path):
     return [(int(s), float(o)) for s, o in (line.split(",") for line in lines[1:])]
 
 
-def test_real_runs_record_omega_pvar_and_the_dynamic_lr(tmp_path):
+def test_real_runs_record_omega_pvar_and_the_dynamic_lr(tmp_path, monkeypatch):
     from timm_overparam.train import TrainConfig, train
 
     if "pvar" not in TrainConfig.keys():
@@ -415,9 +496,13 @@ def test_real_runs_record_omega_pvar_and_the_dynamic_lr(tmp_path):
         output=str(tmp_path),
         store_grad=True,
     )
+    calls = count_p_variations(monkeypatch)
     train(TrainConfig(**base, epochs=2, batch_size=64, experiment="one", pvar=2, dynamic_lr=True))
     folder = tmp_path / "one"
     updates = 1437 // 64
+    # the logger's p-, p/2- and 3p/4-variations after every update, and nothing more: DynamicLR took
+    # the p-variation of each epoch's last update from the logger (one call per epoch less than before)
+    assert calls == [2.0, 1.0, 1.5] * (2 * updates)
     rows = read_csv_rows(folder / "omega.csv")
     assert [s for s, _ in rows] == list(range(2 * updates))
     assert all(math.isfinite(o) and o > 0 for _, o in rows)
@@ -427,7 +512,7 @@ def test_real_runs_record_omega_pvar_and_the_dynamic_lr(tmp_path):
     assert omega["history"] == [list(r) for r in rows[:updates]]
     # after epoch 0: the p-variation of the last update's weights sets lr = 2 * lr0 / pv^2 (tanh)
     assert pvar["latest_step"] == updates and dyn["lr0"] == [0.5]
-    assert dyn["lr"][0] == pytest.approx(2 * 0.5 / pvar["latest"]["pvar_2"] ** 2, rel=1e-9)
+    assert dyn["lr"][0] == 2 * 0.5 / pvar["latest"]["pvar_2"] ** 2
     # a resume from epoch 1's start redoes its rows instead of appending them twice
     os.unlink(folder / "last")
     os.symlink("checkpoint-1", folder / "last")

@@ -72,10 +72,10 @@ if a.x < 0:
 holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # like accelerate's worker
 with open(os.path.join(folder, "holder"), "w") as f:
     f.write(str(holder.pid))
-if a.x < 0.5 and os.environ.get("SWEEP_DB"):  # the bad run reports once a good run passed a rung
-    import optuna
+if a.x < 0.5 and os.environ.get("SWEEP_DB"):  # the bad run reports once a good run has finished
+    import optuna  # (so the pruner has a value of another run at the first band to compare with)
     study = optuna.load_study(study_name=os.environ["SWEEP_NAME"], storage=os.environ["SWEEP_DB"])
-    while not any("completed_rung_0" in t.system_attrs for t in study.get_trials()):
+    while not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials()):
         time.sleep(0.1)
 for epoch in range(start, a.epochs):
     time.sleep(a.sleep if a.x >= 0.5 else 60 * epoch)
@@ -519,6 +519,49 @@ def test_an_error_of_the_sweep_stops_it_and_loses_no_run(tmp_path, monkeypatch):
     assert finished_runs(study) == 0
 
 
+def wandb_stops(histories: list[list[float]], eta: int, bands: list[int], goal: str) -> list[int | None]:
+    """Where wandb's hyperband stops each run (the oracle, after ``hyperband_stop_runs`` of wandb's
+    ``sweeps`` package): at a band b, the values there of every run that reached it, best first;
+    a run worse than the one at index ``int(n / eta)`` is stopped. The runs come one after another
+    (a run sees the others' values that were there when it reached the band), steps numbered as the
+    runner reports them (step = epoch + 1: band b is the b-th value). None: never stopped."""
+    sign = -1.0 if goal == "maximize" else 1.0
+    seen: list[list[float]] = []
+    stops: list[int | None] = []
+    for history in histories:
+        h, stop = [sign * v for v in history], None
+        for band in bands:
+            if band > len(h):
+                break
+            values = sorted([other[band - 1] for other in seen if len(other) >= band] + [h[band - 1]])
+            if h[band - 1] > values[int(len(values) / eta)]:
+                stop = band
+                break
+        seen.append(h if stop is None else h[:stop])
+        stops.append(stop)
+    return stops
+
+
+def pruned_at(pruner: optuna.pruners.BasePruner, histories: list[list[float]], goal: str) -> list[int | None]:
+    """Where ``pruner`` stops each run, reported step by step as the runner does (``report``, then
+    ``should_prune``), one run after another; None: the run completed."""
+    study = optuna.create_study(direction=goal, pruner=pruner)
+    stops: list[int | None] = []
+    for history in histories:
+        trial, stop = study.ask(), None
+        for step, value in enumerate(history, 1):
+            trial.report(value, step)
+            if trial.should_prune():
+                stop = step
+                break
+        if stop is None:
+            study.tell(trial, history[-1])
+        else:
+            study.tell(trial, state=TrialState.PRUNED)
+        stops.append(stop)
+    return stops
+
+
 def test_hyperband_prunes_a_clearly_bad_run(tmp_path, monkeypatch):
     config = fake_sweep(
         tmp_path,
@@ -547,6 +590,23 @@ def test_hyperband_prunes_a_clearly_bad_run(tmp_path, monkeypatch):
     assert sorted(r["x"] for r in ledger(tmp_path)) == sorted(
         t.user_attrs["config"]["x"] for t in study.get_trials() if t.state == TrialState.COMPLETE
     )
+    # the runner's own record: the bad run PRUNED (a good run may be too, when a better one running
+    # beside it reached the band first: which depends on timing)
+    states = {json.loads(r["params"])["x"]: r["state"] for r in trials_csv(out)}
+    assert states[0.1] == "PRUNED" and set(states.values()) <= {"COMPLETE", "PRUNED"} and len(states) == 4
+    # the runner's pruner stops these runs (one after another) where wandb's hyperband would: at the
+    # bands 1, 4, 16 (eta 4) only, never between two. (Of n >= eta values at a band wandb keeps the
+    # best int(n / eta) + 1, Optuna's successive halving n // eta; these runs are judged alike.)
+    histories = [
+        [1.0] * 20,  # the first run: the best at every band, it completes
+        [2.0, 0.0, 0.0, 2.0] + [0.5] * 16,  # best at bands 1 and 4 (worst at 2, 3: no bands), not 16
+        [0.9] * 20,  # below both at band 1
+        [0.1] * 20,  # the worst of 4 at band 1
+        [2.5, 2.5, 2.5, 0.95] + [3.0] * 16,  # the best at band 1, below the first two at band 4
+    ]
+    expected = [None, 16, 1, 1, 4]
+    assert wandb_stops(histories, eta=4, bands=[1, 4, 16], goal="maximize") == expected
+    assert pruned_at(study.pruner, histories, "maximize") == expected
 
 
 def test_accelerate_launcher(tmp_path, monkeypatch):

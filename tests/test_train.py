@@ -273,7 +273,7 @@ def test_hugging_face_dataset_through_timm(tmp_path, monkeypatch):
     stock.load_state_dict(load_file(tmp_path / "h" / "collapsed.safetensors"))
 
 
-def test_pretrained_path_and_initial_checkpoint(tmp_path):
+def test_pretrained_path_and_initial_checkpoint(tmp_path, one_epoch_run):
     base = timm.create_model("test_resnet")  # 3 channels, 1000 classes: timm adapts both to the digits
     randomize_norm_stats(base)
     save_file(base.state_dict(), tmp_path / "base.safetensors")
@@ -297,9 +297,10 @@ def test_pretrained_path_and_initial_checkpoint(tmp_path):
     with pytest.raises(ValueError, match=r"--pretrained-path 'x' needs --pretrained"):
         create_model(parse_args(train_parser(), ["--pretrained-path", "x"]), DataInfo(10, 1))
     # --initial-checkpoint: the weights of an earlier run of the same model
-    run(tmp_path, *FAST, "--epochs", "1", "--experiment", "i")
-    weights = tmp_path / "i" / "last" / "model.safetensors"
-    trainer = Trainer(parse_args(train_parser(), [*FAST, "--initial-checkpoint", str(weights)]))
+    weights = one_epoch_run / "last" / "model.safetensors"
+    trainer = Trainer(
+        parse_args(train_parser(), [*FAST, "--initial-checkpoint", str(weights), "--output", str(tmp_path)])
+    )
     loaded = load_file(weights)
     assert all(torch.equal(v, loaded[k]) for k, v in trainer.unwrapped.state_dict().items())
 
@@ -365,9 +366,8 @@ def test_bad_input_names_the_fix(tmp_path, argv, message):
         run(tmp_path, *FAST, "--epochs", "1", *argv)
 
 
-def test_bad_checkpoints_name_the_file(tmp_path):
-    run(tmp_path, *FAST, "--epochs", "1", "--experiment", "a")
-    last = tmp_path / "a" / "last"
+def test_bad_checkpoints_name_the_file(tmp_path, one_epoch_copy):
+    last = one_epoch_copy / "last"
     with pytest.raises(ValueError, match=r"trained as 'test_resnet_op2'.*--model test_resnet_op2"):
         run(tmp_path, "--model", "test_resnet_line", "--resume", str(last))
     with pytest.raises(ValueError, match=r"fc\.(weight|bias) has shape \[10.*--num-classes"):
@@ -380,7 +380,7 @@ def test_bad_checkpoints_name_the_file(tmp_path):
                     "--num-classes",
                     "3",
                     "--checkpoint",
-                    str(tmp_path / "a" / "collapsed.safetensors"),
+                    str(one_epoch_copy / "collapsed.safetensors"),
                 ],
             )
         )
@@ -393,8 +393,8 @@ def test_bad_checkpoints_name_the_file(tmp_path):
         run(tmp_path, *FAST, "--epochs", "2", "--resume", str(last))
 
 
-def test_a_run_killed_while_saving_leaves_a_loadable_last(tmp_path, monkeypatch):
-    run(tmp_path, *FAST, "--epochs", "1", "--experiment", "k")
+def test_a_run_killed_while_saving_leaves_a_loadable_last(tmp_path, monkeypatch, one_epoch_copy):
+    k = one_epoch_copy  # one epoch done: `last` -> checkpoint-1
     save_state = Accelerator.save_state
 
     def killed(self, output_dir, **kwargs):  # the process dies halfway through writing checkpoint-2
@@ -404,14 +404,14 @@ def test_a_run_killed_while_saving_leaves_a_loadable_last(tmp_path, monkeypatch)
 
     monkeypatch.setattr(Accelerator, "save_state", killed)
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, *FAST, "--epochs", "2", "--resume", str(tmp_path / "k" / "last"))
+        run(tmp_path, *FAST, "--epochs", "2", "--resume", str(k / "last"))
     monkeypatch.undo()
-    assert os.readlink(tmp_path / "k" / "last") == "checkpoint-1"
-    assert not (tmp_path / "k" / "checkpoint-2").exists()
-    res = run(tmp_path, *FAST, "--epochs", "2", "--resume", str(tmp_path / "k" / "last"))
-    assert os.readlink(tmp_path / "k" / "last") == "checkpoint-2" and res["epochs"] == 2
-    assert [r["epoch"] for r in rows(tmp_path / "k")] == ["0", "1"]
-    assert not list((tmp_path / "k").glob(".*.tmp"))  # the dead run's temporary folder is gone
+    assert os.readlink(k / "last") == "checkpoint-1"
+    assert not (k / "checkpoint-2").exists()
+    res = run(tmp_path, *FAST, "--epochs", "2", "--resume", str(k / "last"))
+    assert os.readlink(k / "last") == "checkpoint-2" and res["epochs"] == 2
+    assert [r["epoch"] for r in rows(k)] == ["0", "1"]
+    assert not list(k.glob(".*.tmp"))  # the dead run's temporary folder is gone
 
 
 def test_validate_ema_reparam_and_results_files(tmp_path):
@@ -452,13 +452,13 @@ def test_validate_ema_reparam_and_results_files(tmp_path):
         validate(parse_args(validate_parser(), [*stock, "--use-ema"]))
 
 
-def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
-    run(tmp_path, *FAST, "--epochs", "1", "--experiment", "n")
-    before = (tmp_path / "n" / "checkpoint-1" / "model.safetensors").read_bytes()
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, one_epoch_copy):
+    n = one_epoch_copy  # one epoch done: `last` -> checkpoint-1
+    before = (n / "checkpoint-1" / "model.safetensors").read_bytes()
     with pytest.raises(FloatingPointError, match=r"the loss is nan.*untouched"):
-        run(tmp_path, *FAST, "--epochs", "3", "--lr", "1e30", "--resume", str(tmp_path / "n" / "last"))
-    assert os.readlink(tmp_path / "n" / "last") == "checkpoint-1"
-    assert (tmp_path / "n" / "checkpoint-1" / "model.safetensors").read_bytes() == before
+        run(tmp_path, *FAST, "--epochs", "3", "--lr", "1e30", "--resume", str(n / "last"))
+    assert os.readlink(n / "last") == "checkpoint-1"
+    assert (n / "checkpoint-1" / "model.safetensors").read_bytes() == before
 
 
 def test_wandb_only_with_the_flag_and_offline_run_written(tmp_path):

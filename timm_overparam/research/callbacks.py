@@ -17,6 +17,11 @@ of the depth-limit model. Its rooted p-variation is ``p_variation(path, p) ** (1
 Steps: ``run.log(..., step=run.step)`` with ``run.step`` the number of updates before the one the
 hook fires for, so Omega of step t is the loss gradient at the weights after t updates (t = 0: the
 initial weights), and the p-variations of step t are those of the weights after update t + 1.
+
+One computation serves both p-variation callbacks: at an epoch end ``DynamicLR`` takes the rooted
+p-variation a ``PVariationLogger`` of the same run (``run.callbacks``) computed after the epoch's last
+update, when it did (same p and beta; the updates done by then a multiple of ``--pvar-every``),
+instead of computing it again (``PVariationLogger.computed``).
 """
 
 from __future__ import annotations
@@ -137,6 +142,8 @@ class PVariationLogger(Callback):
     the unwrapped model's weights path for q = p, p/2, 3p/4 and logs them as ``pvar_<q>`` (``pvar_2``,
     ``pvar_1``, ``pvar_1.5`` for p = 2) at ``step=run.step``. ``latest`` holds the last values and
     ``latest_step`` the number of updates they follow (checkpointed, restored on resume).
+    ``computed(updates, beta, q)`` hands the value this process computed after ``updates`` updates
+    to others (``DynamicLR``), so the same path is not measured twice.
 
     ``p >= 2`` (the p/2-variation needs p/2 >= 1). ``beta``: the path's exponent; None reads
     ``1 - model.alpha`` (see ``model_beta``: 0 with a warning when the model has no alpha).
@@ -155,6 +162,8 @@ class PVariationLogger(Callback):
         self.latest: dict[str, float] = {}
         self.latest_step: int | None = None
         self._beta: float | None = None
+        # (updates, beta, {q: value}) of the last computation in this process; never checkpointed
+        self._computed: tuple[int, float, dict[float, float]] | None = None
 
     def on_after_step(self, run: Any, model: nn.Module) -> None:
         done = run.step + 1  # updates done, this one included
@@ -165,7 +174,26 @@ class PVariationLogger(Callback):
         values = rooted_p_variations(model, self._beta, self.qs)
         self.latest = dict(zip(self.keys, values, strict=True))
         self.latest_step = done
+        self._computed = (done, self._beta, dict(zip(self.qs, values, strict=True)))
         run.log(dict(self.latest), step=run.step)
+
+    def computed(self, updates: int, beta: float, q: float) -> float | None:
+        """The rooted ``q``-variation of the weights path with exponent ``beta`` that this process
+        computed after ``updates`` updates of the run, if it did (``q`` one of p, p/2, 3p/4); else None.
+
+        Only values computed in this process count (not those a resume restored, nor on a process
+        that is not the main one, where nothing is computed). The training loop changes the model's
+        weights only in optimizer updates (evaluation uses copies, or restores the subspace point), so
+        the weights after ``updates`` updates are the same until the next update.
+
+        Example: ``logger.computed(run.step, 0.5, 2.0)`` at an epoch end
+        """
+        if self._computed is None:
+            return None
+        done, beta_used, values = self._computed
+        if done != updates or beta_used != beta:
+            return None
+        return values.get(float(q))
 
     def state_dict(self) -> dict[str, Any]:
         return {"latest": dict(self.latest), "latest_step": self.latest_step}
@@ -173,6 +201,7 @@ class PVariationLogger(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.latest = {k: float(v) for k, v in state.get("latest", {}).items()}
         self.latest_step = state.get("latest_step")
+        self._computed = None  # computed by another process: not handed on
 
 
 # --------------------------------------------------------------------------------- dynamic lr
@@ -195,6 +224,12 @@ class DynamicLR(Callback):
     lr in use.
     A path with pv = 0 (every block equal, e.g. a constant init not yet moved) or a non-finite pv
     leaves the lr as it is, with a warning. ``lr0`` and the current lr are checkpointed.
+
+    ``pv`` is computed once per epoch end: when a ``PVariationLogger`` among the run's callbacks
+    (``run.callbacks``; train.py's ``--pvar``, always on with ``--dynamic-lr``) computed it after the
+    epoch's last update with the same p and beta (the updates done by then a multiple of
+    ``--pvar-every``), its value is taken (``PVariationLogger.computed``: the same number); otherwise
+    it is computed here.
 
     Example: ``DynamicLR(p=2)``; ``python train.py --pvar 2 --dynamic-lr``
     """
@@ -252,7 +287,9 @@ class DynamicLR(Callback):
         model = run.unwrapped
         if self._beta is None:
             self._beta = model_beta(model, self.beta, who="DynamicLR")
-        (pv,) = rooted_p_variations(model, self._beta, [self.p])
+        pv = self._logged(run)
+        if pv is None:
+            (pv,) = rooted_p_variations(model, self._beta, [self.p])
         if not (math.isfinite(pv) and pv > 0):
             warnings.warn(
                 f"DynamicLR: the {self.p:g}-variation of the weights path after epoch {epoch} is {pv}: "
@@ -265,6 +302,17 @@ class DynamicLR(Callback):
         self.lr = [self._C * lr0 / pv**2 for lr0 in self.lr0]
         self._set(run)
         run.log({"dynamic_lr": self.lr[0]})
+
+    def _logged(self, run: Any) -> float | None:
+        """The rooted p-variation of the current weights that a ``PVariationLogger`` of ``run``
+        computed after the last update (``run.step`` updates), if one did; else None."""
+        callbacks = getattr(getattr(run, "callbacks", None), "callbacks", None) or []
+        for callback in callbacks:
+            if isinstance(callback, PVariationLogger):
+                value = callback.computed(run.step, self._beta, self.p)
+                if value is not None:
+                    return value
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {"lr0": self.lr0, "lr": self.lr}

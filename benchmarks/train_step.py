@@ -152,18 +152,34 @@ class Rounds:
     whole scheduler slices, which is far from proportional to the work. So before each round this
     waits (up to ``quiet_wait`` seconds) until other processes use at most ``max_busy`` of the
     CPUs, and a round during which they used more is dropped and run again, up to ``repeats``
-    times; after that busy rounds are kept and counted in ``kept_busy``.
+    times; after that busy rounds are kept and counted in ``kept_busy``. With ``sync`` (a device's
+    synchronize, e.g. ``torch.cuda.synchronize``) every call, warm-up included, ends with it inside
+    its timing, so the device is idle when the next call's clock starts.
     """
 
-    def __init__(self, warmup: int, repeats: int, max_busy: float, quiet_wait: float = 30.0) -> None:
+    def __init__(
+        self,
+        warmup: int,
+        repeats: int,
+        max_busy: float,
+        quiet_wait: float = 30.0,
+        sync: Callable[[], None] | None = None,
+    ) -> None:
         self.warmup, self.repeats, self.max_busy, self.quiet_wait = warmup, repeats, max_busy, quiet_wait
+        self.sync = sync  # e.g. torch.cuda.synchronize: the device's queued work is part of each call
         self.dropped = self.kept_busy = 0
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        """fn(), then ``sync()`` (if given) so that the clock stops when the device is done."""
+        fn()
+        if self.sync is not None:
+            self.sync()
 
     def run(self, fns: list[Callable[[], None]]) -> list[list[float]]:
         """Seconds per call of each fn, the fns called in turn (order alternating each round)."""
         for r in range(self.warmup):
             for fn in fns if r % 2 else fns[::-1]:
-                fn()
+                self._call(fn)
         times: list[list[float]] = [[] for _ in fns]
         r = 0
         while len(times[0]) < self.repeats:
@@ -174,7 +190,7 @@ class Rounds:
             wait_quiet(self.max_busy, self.quiet_wait)
             got, busy = {}, 0.0
             for i in order:
-                _, got[i], share = others_busy(fns[i])
+                _, got[i], share = others_busy(functools.partial(self._call, fns[i]))
                 busy = max(busy, share)
             if busy > self.max_busy:  # nan (no /proc/stat) compares False: kept
                 if self.dropped < self.repeats:
@@ -387,6 +403,12 @@ def _tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def persistent_bytes(model: nn.Module, opt: torch.optim.Optimizer) -> int:
+    """Bytes of the training state that lives across steps: parameters, buffers, optimizer state."""
+    state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    return _tensor_bytes(model.parameters()) + _tensor_bytes(model.buffers()) + _tensor_bytes(state)
+
+
 def peak_train_memory(name: str, hidden: str | None, size: int, image: int, threads: int) -> dict:
     """Peak bytes of one train step (run in a fresh subprocess), with the parameter count."""
     torch.set_num_threads(threads)
@@ -396,8 +418,7 @@ def peak_train_memory(name: str, hidden: str | None, size: int, image: int, thre
     x, y = batch(size, image)
     train_step(model, opt, x, y)  # creates the momentum buffers, fixes the chain/composed choices
     opt.zero_grad(set_to_none=True)
-    state = [t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-    persistent = _tensor_bytes(model.parameters()) + _tensor_bytes(model.buffers()) + _tensor_bytes(state)
+    persistent = persistent_bytes(model, opt)
     activities = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
         train_step(model, opt, x, y)
@@ -472,6 +493,14 @@ def build_parser(doc: str, cases: dict, repeats: int = 15) -> argparse.ArgumentP
     return parser
 
 
+TABLE_HEADER = f"{'case':24s} {'value':>7s}  {'target':10s} {'result':6s} detail"
+
+
+def table_row(r: Result) -> str:
+    """One line of the table under ``TABLE_HEADER``: case, value, target, PASS/MISS, detail."""
+    return f"{r.case:24s} {r.value:7.3f}  {r.target:10s} {'PASS' if r.ok else 'MISS':6s} {r.detail}"
+
+
 def main(parser: argparse.ArgumentParser | None = None, cases: dict | None = None) -> None:
     """Parse the command line, run the chosen cases and print the table (defaults: this script's)."""
     parser = parser or build_parser(__doc__, CASES)
@@ -486,11 +515,10 @@ def main(parser: argparse.ArgumentParser | None = None, cases: dict | None = Non
     load = os.getloadavg()[0]
     if load > 0.5:
         print(f"note: load average {load:.1f} before starting: other processes share the CPU")
-    print(f"{'case':24s} {'value':>7s}  {'target':10s} {'result':6s} detail", flush=True)
+    print(TABLE_HEADER, flush=True)
     for name in args.only or list(cases):
         for r in cases[name](args):
-            result = "PASS" if r.ok else "MISS"
-            print(f"{r.case:24s} {r.value:7.3f}  {r.target:10s} {result:6s} {r.detail}", flush=True)
+            print(table_row(r), flush=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ def _init_with_fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs) -> None:
         PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
-AcceleratorState.__init__ = _init_with_fsdp_on_cpu
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
+if __name__ == "__main__":  # imported (pytest collects this folder's modules), it changes nothing
+    AcceleratorState.__init__ = _init_with_fsdp_on_cpu
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")

@@ -24,6 +24,7 @@ import yaml
 from scipy import stats
 
 from timm_overparam.sweep import SweepInterrupted, finished_runs, load_sweep, parse_sweep, run_sweep
+from timm_overparam.sweep.runner import sweep_pruner
 from timm_overparam.train import TrainConfig
 from timm_overparam.train.cli import parse_args, train_parser
 
@@ -73,12 +74,12 @@ holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"]
 with open(os.path.join(folder, "holder"), "w") as f:
     f.write(str(holder.pid))
 if a.x < 0.5 and os.environ.get("SWEEP_DB"):  # the bad run reports once a good run has finished
-    import optuna  # (so the pruner has a value of another run at the first band to compare with)
+    import optuna  # (so the pruner has values of another run at the first band to compare with)
     study = optuna.load_study(study_name=os.environ["SWEEP_NAME"], storage=os.environ["SWEEP_DB"])
     while not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials()):
         time.sleep(0.1)
 for epoch in range(start, a.epochs):
-    time.sleep(a.sleep if a.x >= 0.5 else 60 * epoch)
+    time.sleep(a.sleep if a.x >= 0.5 else 60 * max(0, epoch - 1))  # a bad run: 2 epochs, then slow
     summary = os.path.join(folder, "summary.csv")
     new = not os.path.exists(summary)
     with open(summary, "a", newline="") as f:
@@ -352,7 +353,7 @@ BASE = {
         ({"metric": {"name": "score", "impute": "worst"}}, "metric key(s) ['impute'] are not supported"),
         (
             {"early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2.5}},
-            "eta (Optuna's reduction_factor) must be an integer >= 2",
+            "early_terminate.eta must be an integer >= 2",
         ),
         (
             {"early_terminate": {"type": "hyperband", "min_iter": 1, "strict": False}},
@@ -519,25 +520,73 @@ def test_an_error_of_the_sweep_stops_it_and_loses_no_run(tmp_path, monkeypatch):
     assert finished_runs(study) == 0
 
 
-def wandb_stops(histories: list[list[float]], eta: int, bands: list[int], goal: str) -> list[int | None]:
-    """Where wandb's hyperband stops each run (the oracle, after ``hyperband_stop_runs`` of wandb's
-    ``sweeps`` package): at a band b, the values there of every run that reached it, best first;
-    a run worse than the one at index ``int(n / eta)`` is stopped. The runs come one after another
-    (a run sees the others' values that were there when it reached the band), steps numbered as the
-    runner reports them (step = epoch + 1: band b is the b-th value). None: never stopped."""
-    sign = -1.0 if goal == "maximize" else 1.0
-    seen: list[list[float]] = []
+def wandb_bands(eta: int, min_iter: int | None = None, max_iter: int | None = None, s: int = 0) -> list[int]:
+    """The bands of wandb's ``hyperband_stop_runs`` (``sweeps`` package), its two loops."""
+    bands: list[int] = []
+    if max_iter is not None:
+        band: float = max_iter
+        for _ in range(s):
+            band /= eta
+            if band < 1:
+                break
+            bands.append(int(band))
+        return sorted(bands)
+    assert min_iter is not None
+    band = min_iter
+    for _ in range(100):
+        bands.append(int(band))
+        band *= eta
+    return bands
+
+
+def wandb_stop_runs(
+    runs: list[tuple[bool, list[float]]], bands: list[int], eta: int, goal: str
+) -> list[bool]:
+    """The oracle, after wandb's ``hyperband_stop_runs``: ``runs`` as (running, metric history);
+    whether it stops each. Every run with a finite value counts at a band ``b`` (``history[b]``);
+    the threshold is ``sorted(values)[int((1 / eta) * len(values))]``; a running run is stopped when
+    ``min(history)`` (negated when maximizing) is above the threshold of the last band below
+    ``len(history)``."""
+    r = 1.0 / eta
+
+    def metric_history(h: list[float]) -> list[float]:
+        h = [v for v in h if math.isfinite(v)]
+        return [-v for v in h] if goal == "maximize" else h
+
+    all_run_histories = [metric_history(h) for _, h in runs if metric_history(h)]
+    thresholds = []
+    for band in bands:
+        band_values = [h[band] for h in all_run_histories if len(h) > band]
+        thresholds.append(np.inf if not band_values else sorted(band_values)[int(r * len(band_values))])
+    stops = []
+    for running, h in runs:
+        history, stop = metric_history(h), False
+        if running:
+            closest_band, closest_threshold = -1, 0.0
+            for band, threshold in zip(bands, thresholds, strict=True):
+                if band < len(history):
+                    closest_band, closest_threshold = band, threshold
+                else:
+                    break
+            stop = closest_band != -1 and min(history) > closest_threshold
+        stops.append(stop)
+    return stops
+
+
+def wandb_stops(histories: list[list[float]], bands: list[int], eta: int, goal: str) -> list[int | None]:
+    """Where wandb's rule stops each run when the runs come one after another and the rule is
+    applied after each value the running run logs (as the runner asks its pruner after each
+    report): the number of values it had logged, or None (never stopped). A stopped run keeps the
+    values it logged, and counts with them for the runs after it."""
+    done: list[list[float]] = []
     stops: list[int | None] = []
     for history in histories:
-        h, stop = [sign * v for v in history], None
-        for band in bands:
-            if band > len(h):
+        stop = None
+        for n in range(1, len(history) + 1):
+            if wandb_stop_runs([(False, h) for h in done] + [(True, history[:n])], bands, eta, goal)[-1]:
+                stop = n
                 break
-            values = sorted([other[band - 1] for other in seen if len(other) >= band] + [h[band - 1]])
-            if h[band - 1] > values[int(len(values) / eta)]:
-                stop = band
-                break
-        seen.append(h if stop is None else h[:stop])
+        done.append(history if stop is None else history[:stop])
         stops.append(stop)
     return stops
 
@@ -567,12 +616,12 @@ def test_hyperband_prunes_a_clearly_bad_run(tmp_path, monkeypatch):
         tmp_path,
         monkeypatch,
         name="hb",
-        parameters={"x": {"values": [0.9, 0.8, 0.7, 0.1]}, "epochs": {"value": 2}, "sleep": {"value": 0.3}},
+        parameters={"x": {"values": [0.9, 0.8, 0.7, 0.1]}, "epochs": {"value": 3}, "sleep": {"value": 0.3}},
         early_terminate={
             "type": "hyperband",
             "min_iter": 1,
             "eta": 4,
-        },  # bands at 1, 4: the top quarter goes on
+        },  # bands at 1, 4, ...: history[1] (a run's second value) first
     )
     out = tmp_path / "o"
     monkeypatch.setenv("SWEEP_DB", f"sqlite:///{out / 'sweep.db'}")
@@ -580,13 +629,14 @@ def test_hyperband_prunes_a_clearly_bad_run(tmp_path, monkeypatch):
     start = time.monotonic()
     study = run_sweep(parse_sweep(config), jobs=2, out=out)
     bad = next(t for t in study.get_trials() if t.user_attrs["config"]["x"] == 0.1)
-    assert bad.state == TrialState.PRUNED and bad.intermediate_values == {1: 0.1} and bad.value == 0.1
+    # judged at band 1 once it has 2 values: the worst of them all there
+    assert bad.state == TrialState.PRUNED and bad.intermediate_values == {1: 0.1, 2: 0.2} and bad.value == 0.2
     folder = Path(bad.user_attrs["run_folder"])
     assert (
-        len((folder / "summary.csv").read_text().splitlines()) == 2
-    )  # header and epoch 0: killed in its sleep
+        len((folder / "summary.csv").read_text().splitlines()) == 3
+    )  # header and epochs 0, 1: killed in its sleep
     _dies(folder)
-    assert time.monotonic() - start < 50  # the bad run would sleep 60 s before its second epoch
+    assert time.monotonic() - start < 50  # the bad run would sleep 60 s before its third epoch
     assert sorted(r["x"] for r in ledger(tmp_path)) == sorted(
         t.user_attrs["config"]["x"] for t in study.get_trials() if t.state == TrialState.COMPLETE
     )
@@ -594,19 +644,134 @@ def test_hyperband_prunes_a_clearly_bad_run(tmp_path, monkeypatch):
     # beside it reached the band first: which depends on timing)
     states = {json.loads(r["params"])["x"]: r["state"] for r in trials_csv(out)}
     assert states[0.1] == "PRUNED" and set(states.values()) <= {"COMPLETE", "PRUNED"} and len(states) == 4
-    # the runner's pruner stops these runs (one after another) where wandb's hyperband would: at the
-    # bands 1, 4, 16 (eta 4) only, never between two. (Of n >= eta values at a band wandb keeps the
-    # best int(n / eta) + 1, Optuna's successive halving n // eta; these runs are judged alike.)
+    # the runner's pruner stops these runs (one after another) where wandb's hyperband would (eta 4,
+    # bands 1, 4, 16, ...): a run is judged by its best value so far against the threshold at the
+    # last band it passed, so a run once the best is never stopped while the others stay worse
+    bands = wandb_bands(eta=4, min_iter=1)
+    assert bands[:4] == [1, 4, 16, 64]
     histories = [
-        [1.0] * 20,  # the first run: the best at every band, it completes
-        [2.0, 0.0, 0.0, 2.0] + [0.5] * 16,  # best at bands 1 and 4 (worst at 2, 3: no bands), not 16
-        [0.9] * 20,  # below both at band 1
-        [0.1] * 20,  # the worst of 4 at band 1
-        [2.5, 2.5, 2.5, 0.95] + [3.0] * 16,  # the best at band 1, below the first two at band 4
+        [1.0] * 20,  # the first run: alone at every band
+        [2.0, 0.0, 0.0, 2.0] + [0.5] * 16,  # its best, 2.0, beats every threshold (Optuna's SHA: 16)
+        [0.9] * 20,  # below the threshold at band 1 (1.0 of 3 values, index int(3 / 4) = 0)
+        [0.1] * 20,  # below it (0.9 of 4 values, index 1)
+        [2.5, 2.5, 2.5, 0.95] + [3.0] * 16,  # 2.5 then 3.0: at or above every threshold
     ]
-    expected = [None, 16, 1, 1, 4]
-    assert wandb_stops(histories, eta=4, bands=[1, 4, 16], goal="maximize") == expected
+    expected = [None, None, 2, 2, None]
+    assert wandb_stops(histories, bands, eta=4, goal="maximize") == expected
     assert pruned_at(study.pruner, histories, "maximize") == expected
+
+
+def runner_pruner(goal: str, **early_terminate) -> optuna.pruners.BasePruner:
+    """The pruner the runner builds for a sweep file with this ``early_terminate``."""
+    config = {
+        "program": "fake.py",
+        "method": "grid",
+        "metric": {"name": "score", "goal": goal},
+        "parameters": {"x": {"values": [1.0]}},
+        "early_terminate": {"type": "hyperband", **early_terminate},
+    }
+    return sweep_pruner(parse_sweep(checked(config)))
+
+
+@pytest.mark.parametrize(
+    ("goal", "early_terminate", "bands", "histories", "expected", "sha"),
+    [
+        # eta 2, two runs: wandb's threshold is the value at index int(2 / 2) = 1, the worse one,
+        # so both go on; Optuna's successive halving keeps 2 // 2 = 1 and pruned the second
+        ("minimize", {"min_iter": 1, "eta": 2}, [1, 2, 4], [[1.0] * 3, [2.0] * 3], [None, None], [None, 1]),
+        ("maximize", {"min_iter": 1, "eta": 2}, [1, 2, 4], [[2.0] * 3, [1.0] * 3], [None, None], [None, 1]),
+        # the band's index: band 1 is history[1], the second value (judged once a run has 2);
+        # the second run is better at step 1, worse at step 2: stopped at 2 (successive halving
+        # judged step 1, then step 3)
+        (
+            "minimize",
+            {"min_iter": 1, "eta": 3},
+            [1, 3, 9],
+            [[3.0, 1.0, 1.0, 1.0], [2.0, 5.0, 5.0, 5.0]],
+            [None, 2],
+            [None, 3],
+        ),
+        # maximize, eta 2, three runs: the threshold at band 1 is the 2nd best of 3 (index
+        # int(3 / 2) = 1): the second run (2nd best) goes on, the third is stopped
+        (
+            "maximize",
+            {"min_iter": 1, "eta": 2},
+            [1, 2, 4],
+            [[3.0] * 3, [2.0] * 3, [1.0] * 3],
+            [None, None, 2],
+            [None, 1, 1],
+        ),
+        # the max_iter form has exactly s bands: s = 1 gives [9] only; the second run is better
+        # at 9 and worse at 27 (where successive halving has another rung, wandb none)
+        (
+            "minimize",
+            {"max_iter": 27, "s": 1, "eta": 3},
+            [9],
+            [[3.0] * 10 + [0.0] * 20, [2.0] * 30],
+            [None, None],
+            [None, 27],
+        ),
+        # the same runs with bands 9, 27 (min_iter 9): stopped at the band 27, once it has 28 values
+        (
+            "minimize",
+            {"min_iter": 9, "eta": 3},
+            [9, 27, 81],
+            [[3.0] * 10 + [0.0] * 20, [2.0] * 30],
+            [None, 28],
+            [None, 27],
+        ),
+    ],
+)
+def test_hyperband_follows_wandbs_rule(goal, early_terminate, bands, histories, expected, sha):
+    assert wandb_bands(**early_terminate)[: len(bands)] == bands
+    assert wandb_stops(histories, wandb_bands(**early_terminate), early_terminate["eta"], goal) == expected
+    assert pruned_at(runner_pruner(goal, **early_terminate), histories, goal) == expected
+    # what the runner did before (Optuna's successive halving at the first band) differs
+    first = bands[0]
+    old = optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=first, reduction_factor=early_terminate["eta"], min_early_stopping_rate=0
+    )
+    assert pruned_at(old, histories, goal) == sha != expected
+
+
+def test_hyperband_counts_running_and_failed_runs():
+    """wandb counts every run with values at a band, running or ended (failed too): the threshold
+    comes from all of them, read through Optuna's public trials (runs interleaved, as in parallel)."""
+    bands = wandb_bands(eta=2, min_iter=1)
+    study = optuna.create_study(direction="minimize", pruner=runner_pruner("minimize", min_iter=1, eta=2))
+    logs: dict[int, list[float]] = {}
+    running: set[int] = set()
+
+    def start() -> optuna.Trial:
+        trial = study.ask()
+        logs[trial.number] = []
+        running.add(trial.number)
+        return trial
+
+    def report(trial: optuna.Trial, value: float) -> bool:
+        """Report as the runner does; the pruner's verdict, checked against the oracle's."""
+        logs[trial.number].append(value)
+        trial.report(value, len(logs[trial.number]))
+        oracle = wandb_stop_runs([(n in running, h) for n, h in logs.items()], bands, 2, "minimize")
+        assert trial.should_prune() == oracle[list(logs).index(trial.number)]
+        return trial.should_prune()
+
+    def end(trial: optuna.Trial, state: TrialState) -> None:
+        study.tell(trial, logs[trial.number][-1] if state == TrialState.COMPLETE else None, state=state)
+        running.discard(trial.number)
+
+    a, d, b = start(), start(), start()
+    assert [report(a, 1.0), report(a, 1.0)] == [False, False]  # alone at band 1
+    end(a, TrialState.FAIL)
+    assert [report(d, 1.5), report(d, 1.5)] == [False, False]  # [1, 1.5]: index 1
+    end(d, TrialState.COMPLETE)
+    assert [report(b, 3.0), report(b, 3.0)] == [False, True]  # [1, 1.5, 3]: index 1, 1.5
+    c = start()  # b still RUNNING (its process not ended yet): its value counts
+    assert [report(c, 2.0), report(c, 2.0)] == [False, False]  # [1, 1.5, 2, 3]: index 2, 2.0
+    end(b, TrialState.PRUNED)
+    end(c, TrialState.COMPLETE)
+    e = start()  # the failed a counts: without it [1.5, 2, 2.2, 3] index 2 would keep e
+    assert [report(e, 2.2), report(e, 2.2)] == [False, True]  # [1, 1.5, 2, 2.2, 3]: index 2, 2.0
 
 
 def test_accelerate_launcher(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ _HOMES = {
     "SearchSpace": "distributions",
     "RunFailed": "runner",
     "SweepInterrupted": "runner",
+    "WandbHyperbandPruner": "runner",
     "finished_runs": "runner",
     "run_sweep": "runner",
     "Hyperband": "spec",

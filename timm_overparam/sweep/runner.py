@@ -5,8 +5,8 @@ once per configuration, as wandb's agent would, and keeps its state in a databas
 interrupted sweep resumes where it stopped:
 
 - the search is Optuna's: ``grid`` -> ``GridSampler``, ``random`` -> ``RandomSampler``, ``bayes`` ->
-  ``TPESampler`` (seeded), ``early_terminate: hyperband`` -> ``SuccessiveHalvingPruner`` fed with each
-  epoch's metric, the column of that name in the run folder's ``summary.csv``;
+  ``TPESampler`` (seeded), ``early_terminate: hyperband`` -> ``WandbHyperbandPruner`` (wandb's own
+  rule) fed with each epoch's metric, the column of that name in the run folder's ``summary.csv``;
 - each run is a subprocess (its own process group, which dies with the runner) writing the usual
   train.py run folder, ``<out>/runs/trial-NNNN`` (the runner adds ``--output <out>/runs
   --experiment trial-NNNN``), and its output to ``<out>/logs/trial-NNNN.log``;
@@ -40,14 +40,28 @@ from typing import Any
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import (
+    RDBStorage,
+    RetryFailedTrialCallback,
+    RetryHeartbeatStaleTrialCallback,
+    fail_stale_trials,
+)
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from timm_overparam.core.atomic import write_text_atomic
-from timm_overparam.sweep.spec import SweepSpec, load_sweep
+from timm_overparam.sweep.spec import Hyperband, SweepSpec, load_sweep
 
-__all__ = ["LAUNCHERS", "RunFailed", "SweepInterrupted", "finished_runs", "run_sweep"]
+__all__ = [
+    "LAUNCHERS",
+    "RunFailed",
+    "SweepInterrupted",
+    "WandbHyperbandPruner",
+    "finished_runs",
+    "run_sweep",
+    "sweep_pruner",
+]
 
 LAUNCHERS = ("python", "accelerate")
 RUN_MARK = "TIMM_OVERPARAM_SWEEP_RUN"  # in each run's environment: its folder
@@ -63,6 +77,62 @@ class RunFailed(RuntimeError):
 
 class SweepInterrupted(RuntimeError):
     """The runner was stopped by SIGINT/SIGTERM; the runs in flight are queued to run again."""
+
+
+class WandbHyperbandPruner(optuna.pruners.BasePruner):
+    """wandb's hyperband stopping rule (``hyperband_stop_runs`` of wandb's ``sweeps`` package) as
+    an Optuna pruner; Optuna's own pruners keep other counts at other steps.
+
+    A run's history is its finite reported values in step order (negated when maximizing, so lower
+    is better). At each band b the threshold is ``sorted(values)[int(n / eta)]`` over the n runs
+    whose history has a value at position b (``history[b]``, its (b + 1)-th value; every run of the
+    study: running, complete, pruned or failed, this one too; a failed trial whose run was queued
+    again counts as its retry). A run is pruned when its best value so far (``min(history)``) is
+    worse than the threshold of the last band it has passed (the largest b < len(history)).
+
+    Example: ``optuna.create_study(pruner=WandbHyperbandPruner([1, 3, 9], eta=3))``
+    """
+
+    def __init__(self, bands: list[int], eta: float) -> None:
+        self.bands = sorted(bands)
+        self.r = 1.0 / eta  # wandb's r: the threshold index is int(r * n), as its float product
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        sign = -1.0 if study.direction == StudyDirection.MAXIMIZE else 1.0
+        history = _history(trial, sign)
+        passed = [b for b in self.bands if b < len(history)]
+        if not passed:
+            return False
+        band = passed[-1]
+        states = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        trials = study.get_trials(deepcopy=False, states=states)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            retried = {n for t in trials for n in RetryFailedTrialCallback.retry_history(t)}
+        values = [history[band]]
+        for other in trials:
+            if other.number != trial.number and other.number not in retried:
+                h = _history(other, sign)
+                if len(h) > band:
+                    values.append(h[band])
+        threshold = sorted(values)[int(self.r * len(values))]
+        return min(history) > threshold
+
+
+def _history(trial: FrozenTrial, sign: float) -> list[float]:
+    """A trial's reported values in step order, finite ones only (wandb's ``filter_invalid``)."""
+    return [sign * v for _, v in sorted(trial.intermediate_values.items()) if math.isfinite(v)]
+
+
+def sweep_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
+    """The study's pruner: wandb's hyperband rule with the sweep's bands, or none.
+
+    Example: ``sweep_pruner(load_sweep("configs/sweeps/digits_depth.yaml"))``
+    """
+    hb: Hyperband | None = spec.early_terminate
+    if hb is None:
+        return optuna.pruners.NopPruner()
+    return WandbHyperbandPruner(hb.bands(), hb.eta)
 
 
 def finished_runs(study: optuna.Study) -> int:
@@ -233,13 +303,7 @@ class _Runner:
                 sampler = optuna.samplers.RandomSampler(seed=seed)
             else:  # constant_liar: runs in flight count as bad guesses, so parallel runs spread out
                 sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-        pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
-        if spec.early_terminate is not None:
-            pruner = optuna.pruners.SuccessiveHalvingPruner(
-                min_resource=spec.early_terminate.min_resource(),
-                reduction_factor=spec.early_terminate.eta,
-                min_early_stopping_rate=0,
-            )
+        pruner = sweep_pruner(spec)
         goal = spec.metric.goal if spec.metric is not None else "minimize"
         study = optuna.create_study(
             storage=storage,
@@ -514,7 +578,8 @@ def _value(row: dict[str, str], name: str, folder: Path) -> float:
 
 
 def _metric_rows(folder: Path, metric: Any, reported: set[int]) -> list[tuple[int, float]]:
-    """``(step, value)`` of the rows not reported yet; step = epoch + 1 (wandb's band numbering)."""
+    """``(step, value)`` of the rows not reported yet; step = epoch + 1 (only an order: the pruner
+    numbers a run's values by their position in its history, as wandb does)."""
     out = []
     for i, row in enumerate(_rows(folder / "summary.csv")):
         step = int(float(row["epoch"])) + 1 if row.get("epoch") else i + 1

@@ -96,17 +96,19 @@ class Metric:
 
 @dataclass(frozen=True)
 class Hyperband:
-    """``early_terminate: {type: hyperband, ...}``: wandb's bands, as Optuna's successive halving.
+    """``early_terminate: {type: hyperband, ...}``: wandb's bands (``hyperband_stop_runs`` of
+    wandb's ``sweeps`` package), judged by the runner's ``WandbHyperbandPruner``.
 
-    wandb has two forms: ``min_iter`` (bands at min_iter * eta^k) or ``max_iter`` and ``s`` (bands
-    at max_iter / eta^k for k = 1..s, the smallest max_iter / eta^s). At each band a run worse than
-    the top 1/eta of the values there is stopped: Optuna's ``SuccessiveHalvingPruner`` with the
-    smallest band as its minimum resource and eta as its reduction factor has those rungs.
+    wandb has two forms: ``min_iter`` (bands ``int(min_iter * eta^k)``, k = 0..99) or ``max_iter``
+    and ``s`` (at most ``s`` bands: ``max_iter / eta^k`` for k = 1..s, stopping below 1, as ints,
+    sorted). A band b is a position in a run's history: ``history[b]``, its (b + 1)-th value.
 
-    >>> Hyperband(eta=3, max_iter=27, s=2).min_resource()
-    3
-    >>> Hyperband(eta=2, min_iter=1).min_resource()
-    1
+    >>> Hyperband(eta=3, max_iter=27, s=2).bands()
+    [3, 9]
+    >>> Hyperband(eta=2, max_iter=5, s=2).bands()
+    [1, 2]
+    >>> Hyperband(eta=2, min_iter=1).bands()[:5]
+    [1, 2, 4, 8, 16]
     """
 
     eta: int = 3
@@ -114,12 +116,18 @@ class Hyperband:
     max_iter: int | None = None
     s: int | None = None
 
-    def min_resource(self) -> int:
-        """The first band (in reported steps: epochs), where the pruner first compares runs."""
+    def bands(self) -> list[int]:
+        """wandb's bands, ascending (history positions where runs are compared)."""
         if self.min_iter is not None:
-            return self.min_iter
+            return [int(self.min_iter * self.eta**k) for k in range(100)]
         assert self.max_iter is not None and self.s is not None
-        return max(1, int(self.max_iter / self.eta**self.s))
+        band, bands = float(self.max_iter), []
+        for _ in range(self.s):
+            band /= self.eta  # wandb divides a float: int() of each, like its own loop
+            if band < 1:
+                break
+            bands.append(int(band))
+        return sorted(bands)
 
 
 @dataclass(frozen=True)
@@ -365,10 +373,10 @@ def _hyperband(where: str, et: Any) -> Hyperband | None:
         )
     if et.get("strict", True) is not True:
         raise ValueError(
-            f"{where}: early_terminate.strict must be true (Optuna compares each run's value at the band, "
-            "wandb's strict rule; its non-strict rule, the best value so far, has no Optuna pruner)"
+            f"{where}: early_terminate.strict must be true (wandb's default; its sweeps package implements "
+            "no other rule, so the runner follows that one)"
         )
-    eta = _whole(where, "eta (Optuna's reduction_factor)", et.get("eta", 3), 2)
+    eta = _whole(where, "eta", et.get("eta", 3), 2)
     values = {k: _whole(where, k, et[k], 1) for k in ("min_iter", "max_iter", "s") if k in et}
     if set(values) == {"min_iter"}:
         return Hyperband(eta=eta, min_iter=values["min_iter"])

@@ -72,9 +72,22 @@ def run(tmp_path, name, model, **kw):
     return tmp_path / name
 
 
+@pytest.fixture(scope="module")
+def eager_run(tmp_path_factory):
+    """The eager 1-epoch run of an architecture, trained once for the tests that only read it."""
+    folders = {}
+
+    def get(arch):
+        if arch not in folders:
+            folders[arch] = run(tmp_path_factory.mktemp(arch), "eager", arch)
+        return folders[arch]
+
+    return get
+
+
 @pytest.mark.parametrize("arch", ["test_resnet_op2", "test_resnet_line"])
-def test_a_compiled_run_matches_the_eager_run(tmp_path, arch):
-    eager = run(tmp_path, "eager", arch)
+def test_a_compiled_run_matches_the_eager_run(tmp_path, arch, eager_run):
+    eager = eager_run(arch)
     compiled = run(tmp_path, "compiled", arch, torchcompile="aot_eager")
     a, b = (json.loads((d / "results.json").read_text()) for d in (eager, compiled))
     assert b["final"]["top1"] == pytest.approx(a["final"]["top1"], abs=0.01)  # 3 of 360 images
@@ -97,11 +110,11 @@ def test_a_compiled_run_matches_the_eager_run(tmp_path, arch):
     assert 1 <= counters["stats"]["unique_graphs"] <= 2  # full batches and the last, smaller one
 
 
-def test_validate_compiles_the_points_once(tmp_path):
+def test_validate_compiles_the_points_once(eager_run):
     """validate.py --torchcompile of a line: each point's BatchNorm recalibration runs eager, the
     validation passes compiled; the results are eager's, and 4 points and 2 ensembles compile no
     more graphs than 2 points and 1 ensemble (the point and the statistics are buffer values)."""
-    folder = run(tmp_path, "line", "test_resnet_line")
+    folder = eager_run("test_resnet_line")
 
     def check(points, ensembles, *flags):
         argv = ["--model", "test_resnet_line", "--checkpoint", str(folder / "last"), "--workers", "0"]

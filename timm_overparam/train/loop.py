@@ -246,6 +246,7 @@ class Trainer:
 
     What callbacks see as ``run``: ``config``, ``acc`` (the Accelerator), ``unwrapped`` (the model),
     ``optimizer``, ``family``, ``epoch``, ``step`` (optimizer updates done), ``folder``,
+    ``callbacks`` (the run's ``CallbackList``: one callback can read another's results),
     ``is_main_process`` and ``log(metrics)``.
 
     For callbacks that need the gradient of the loss with respect to the model's outputs (Omega(t),

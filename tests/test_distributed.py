@@ -178,16 +178,7 @@ def test_fsdp2_op_run_equals_ddp_resumes_and_exports_a_stock_model_once(tmp_path
 @needs_fsdp2
 def test_fsdp2_line_run_with_the_regulariser_trains_as_ddp(tmp_path):
     argv = ["--model", "test_resnet_line", *ARGS, "--epochs", "1", "--output", str(tmp_path)]
-    argv += [
-        "--num-samples",
-        "2",
-        "--eval-points",
-        "0,0.5,1",
-        "--eval-ensembles",
-        "0+1",
-        "--bn-recal-batches",
-        "2",
-    ]
+    argv += "--num-samples 2 --eval-points 0,0.5,1 --eval-ensembles 0+1 --bn-recal-batches 2".split()
     launch("ddp.yaml", *argv, "--experiment", "ddp")
     launch("fsdp2.yaml", *argv, "--experiment", "fsdp", fsdp=True)
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"

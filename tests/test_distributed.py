@@ -80,7 +80,8 @@ def test_the_shipped_configs_are_what_accelerate_reads():
     ],
 )
 def test_block_classes_are_timms_blocks(arch, blocks):
-    with torch.device("meta"):
+    # on meta (no memory), but regnet: timm before 1.0.31 sizes its stages with torch.unique, which meta lacks
+    with torch.device("cpu" if arch.startswith("regnet") else "meta"):
         model = timm.create_model(arch)
     assert block_classes(model) == blocks
     assert mark_blocks(model) == blocks and model._no_split_modules == blocks

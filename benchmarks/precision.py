@@ -4,12 +4,13 @@ Run (about a minute on 2 CPU cores)::
 
     HF_HUB_OFFLINE=1 python benchmarks/precision.py --models resnet18_op3 vit_tiny_patch16_224_op3
 
-For each model (random init, BatchNorm statistics randomised as the tests do, eval mode, a batch of
-8 at the model's input size) it prints the relative error ``|a - b| / |b|`` (Frobenius norms) of
-the expanded model's logits against the collapsed model's in float32: in float32 (the exactness of
-the collapse), and under ``torch.autocast`` in bfloat16 and float16 (what ``--amp`` evaluates: the
-factors stay float32 master weights, autocast runs the composed convolutions and matmuls in low
-precision). The collapse check of train.py allows 1e-4 in float32 and 5e-2 under ``--amp``.
+For each model (random init, random BatchNorm statistics, eval mode, a batch of 8 at the model's
+input size) it prints the relative error ``max |a - b| / max |b|`` (``core.numerics.rel_err``, the
+measure of train.py's collapse check) of the expanded model's logits against the collapsed model's
+in float32: in float32 (the exactness of the collapse), and under ``torch.autocast`` in bfloat16
+and float16 (what ``--amp`` evaluates: the factors stay float32 master weights, autocast runs the
+composed convolutions and matmuls in low precision). The check allows 1e-4 in float32 and 5e-2
+under ``--amp``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 import timm_overparam
+from timm_overparam.core.numerics import rel_err
 
 
 def randomize_bn(model: nn.Module, generator: torch.Generator) -> None:
@@ -32,10 +34,6 @@ def randomize_bn(model: nn.Module, generator: torch.Generator) -> None:
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
             m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=generator) * 0.1)
             m.running_var.copy_(torch.rand(m.running_var.shape, generator=generator) + 0.5)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 @torch.no_grad()
@@ -49,10 +47,10 @@ def measure(name: str, device: str) -> dict[str, float]:
     size = model.pretrained_cfg["input_size"]
     x = torch.randn(8, *size, generator=g).to(device)
     reference = plain(x)
-    errors = {"float32": rel_err(model(x), reference)}
+    errors = {"float32": rel_err(model(x).float(), reference)}
     for dtype in (torch.bfloat16, torch.float16):
         with torch.autocast(device, dtype=dtype):
-            errors[str(dtype).removeprefix("torch.")] = rel_err(model(x), reference)
+            errors[str(dtype).removeprefix("torch.")] = rel_err(model(x).float(), reference)
     return errors
 
 

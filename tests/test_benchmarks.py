@@ -117,3 +117,18 @@ def test_gpu_sh_is_bash_that_tees_gpu_py_to_a_results_file_named_after_the_gpu()
     text = script.read_text()
     assert '"$here/gpu.py" "$@" | tee "$out"' in text and "results/gpu-${slug" in text
     assert "torch.cuda.get_device_name(0)" in text and "set -euo pipefail" in text
+
+
+def test_precision_script_measures_the_collapse_check_within_its_tolerances(monkeypatch):
+    """benchmarks/precision.py on a small op model: exact in float32, inside the --amp limit in low precision."""
+    path = SCRIPT.with_name("precision.py")
+    spec = importlib.util.spec_from_file_location("precision_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)
+    spec.loader.exec_module(bench)
+    errors = bench.measure("test_resnet_op2", "cpu")
+    assert set(errors) == {"float32", "bfloat16", "float16"}
+    assert errors["float32"] <= 1e-5  # the tests' float32 bound on collapse
+    assert (
+        0 < errors["float16"] < 5e-2 and 0 < errors["bfloat16"] < 5e-2
+    )  # rounding shows, within --amp's limit

@@ -601,8 +601,10 @@ class Trainer:
             self.callbacks.call("on_epoch_end", self, epoch, metrics)
             state = TrainerState(cfg.model, epoch + 1, self.step, metrics[cfg.eval_metric], cfg.eval_metric)
             state.model_kwargs = dict(cfg.model_kwargs)
-            full = None if self.replica is None else self.full_model()
-            self.checkpoints.save(state, self.ema.module if self.ema else None, self.callbacks.state(), full)
+            # under FSDP2 the replica holds this epoch's whole weights since evaluate_all: not gathered again
+            self.checkpoints.save(
+                state, self.ema.module if self.ema else None, self.callbacks.state(), self.replica
+            )
             acc.log(
                 {
                     **{f"train_{k}": v for k, v in train.items()},

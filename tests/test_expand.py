@@ -189,6 +189,34 @@ def test_eval_cache_never_serves_stale_weights():
         torch.testing.assert_close(model[0](x.double()), fresh(), atol=1e-6, rtol=1e-5)
 
 
+def test_eval_cache_restarts_at_each_mode_change_for_writes_through_aliases():
+    # DeepSpeed ZeRO sets every parameter's data to a view of one flat buffer (p.data = view) and
+    # writes the update into the buffer: the parameter's own version counter never moves
+    module = nn.Linear(5, 4)
+    chain = expand_module(module, ExpandOptions(depth=3, factor_bias=True, batch_norm=True))
+    params = list(module.parameters())
+    flat = torch.cat([p.detach().flatten() for p in params])
+    offset = 0
+    for p in params:
+        p.data = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    x = torch.randn(3, 5)
+    module.eval()
+    with torch.no_grad():
+        before = module(x)
+        versions = [p._version for p in params]
+        flat.mul_(1.5)  # the "optimizer step", through the buffer
+        assert [p._version for p in params] == versions  # invisible to the cache's key
+        module.train()
+        module.eval()
+        after = module(x)
+        expected = x @ chain.compose().T + module.parametrizations.bias[0].chain.compose_bias(
+            module.parametrizations.bias.original
+        )
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after, expected, atol=1e-6, rtol=1e-5)
+
+
 def test_weight_and_bias_are_never_stale_and_assignment_solves():
     module = nn.Linear(5, 5)
     chain = expand_module(module, ExpandOptions(depth=3, factor_bias=True, batch_norm=True))

@@ -230,6 +230,13 @@ class ExpandProject(nn.Module):
             self._cache = (key, self.compose())
         return self._cache[1]
 
+    def train(self, mode: bool = True) -> ExpandProject:
+        """Set the mode, and drop the eval cache: ``state_key`` cannot see a write through another
+        tensor that shares a factor's memory (DeepSpeed ZeRO points every parameter into flat buffers,
+        ``p.data = view``, and updates those), so each ``train()``/``eval()`` starts a fresh cache."""
+        self._cache = None
+        return super().train(mode)
+
     def state_key(self) -> tuple:
         """Identifies the current values of every tensor the composition reads (for eval caching)."""
         tensors = list(self.parameters()) + list(self.buffers())
@@ -324,6 +331,11 @@ class ExpandProjectBias(nn.Module):
         super().__init__()
         object.__setattr__(self, "chain", chain)  # a reference, not a second registration
         self._cache: tuple[tuple, Tensor] | None = None
+
+    def train(self, mode: bool = True) -> ExpandProjectBias:
+        """Set the mode and drop the eval cache (as ``ExpandProject.train``)."""
+        self._cache = None
+        return super().train(mode)
 
     def forward(self, last_bias: Tensor) -> Tensor:
         if self.training or torch.is_grad_enabled() or _tracing():

@@ -1,11 +1,14 @@
-"""Beyond one process (issue 16, item 3): FSDP2 through accelerate against DDP, on 2 CPU processes.
+"""Beyond one process (issue 16, item 3): FSDP2 and DeepSpeed ZeRO-2 through accelerate against DDP,
+on 2 CPU processes.
 
-accelerate sets FSDP up only for accelerator devices; ``tests/fsdp_on_cpu.py`` lifts that gate and
-nothing else, so train.py's FSDP2 path (accelerate's ``fully_shard`` preparation and sharded
-checkpoints, this project's evaluation replica, regulariser, checkpoints and exports) runs here
-with gloo. Both runs use the shipped configs (configs/accelerate/fsdp2.yaml, ddp.yaml).
+accelerate sets FSDP and DeepSpeed up only for accelerator devices; ``tests/accelerate_on_cpu.py``
+lifts those gates and nothing else, so train.py's FSDP2 path (accelerate's ``fully_shard``
+preparation and sharded checkpoints, this project's evaluation replica, regulariser, checkpoints
+and exports) and its DeepSpeed path (DeepSpeed's engine, ZeRO optimizer and checkpoint files) run
+here with gloo. Every run uses the shipped configs (configs/accelerate/*.yaml).
 """
 
+import argparse
 import copy
 import csv
 import os
@@ -26,6 +29,8 @@ from safetensors.torch import load_file
 
 import timm_overparam  # noqa: F401  (registers the _op/_line models)
 from timm_overparam.subspace.regularizer import subspace_regularizer
+from timm_overparam.train.callbacks import Callback, CallbackList, NormRecorder
+from timm_overparam.train.checkpoint import check_deepspeed_file, read_state
 from timm_overparam.train.cli import parse_args, validate_parser
 from timm_overparam.train.loop import Trainer
 from timm_overparam.train.sharding import block_classes, mark_blocks
@@ -42,11 +47,17 @@ CONFIGS = ROOT / "configs" / "accelerate"
 ARGS = ["-b", "64", "--warmup-epochs", "0", "--lr", "0.1", "--workers", "0", "--train-fraction", "0.5"]
 
 
-def launch(config: str, *argv: str, fsdp: bool = False) -> subprocess.CompletedProcess:
-    """train.py under ``accelerate launch --config_file configs/accelerate/<config>`` with 2 CPU processes."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+def launch(config: str, *argv: str) -> subprocess.CompletedProcess:
+    """train.py under ``accelerate launch --config_file configs/accelerate/<config>`` with 2 CPU
+    processes (FSDP and DeepSpeed through ``tests/accelerate_on_cpu.py``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    if config.startswith("deepspeed"):
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's CPU accelerator, without looking for GPUs
+    else:
+        env["ACCELERATE_USE_CPU"] = "true"  # accelerate's DeepSpeed path is never taken on use_cpu
+    harness = [] if config == "ddp.yaml" else ["tests/accelerate_on_cpu.py"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / config)]
-    cmd += ["--num_processes", "2", *(["tests/fsdp_on_cpu.py"] if fsdp else []), "train.py", *argv]
+    cmd += ["--num_processes", "2", *harness, "train.py", *argv]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
@@ -65,6 +76,11 @@ def test_the_shipped_configs_are_what_accelerate_reads():
     assert fsdp.fsdp_config["fsdp_version"] == 2
     assert fsdp.fsdp_config["fsdp_state_dict_type"] == "SHARDED_STATE_DICT"  # train.py requires it
     assert fsdp.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"  # model._no_split_modules
+    zero = load_config_from_file(str(CONFIGS / "deepspeed_zero2.yaml"))
+    assert (zero.distributed_type, zero.mixed_precision) == ("DEEPSPEED", "no")
+    assert zero.deepspeed_config["zero_stage"] == 2 and zero.deepspeed_config["zero3_init_flag"] is False
+    # clipping and accumulation are train.py's flags ("auto"): a number here would have to match them
+    assert not {"gradient_clipping", "gradient_accumulation_steps"} & set(zero.deepspeed_config)
 
 
 @pytest.mark.parametrize(
@@ -139,13 +155,23 @@ def test_sharded_regulariser_and_loss_have_unsharded_gradients(tmp_path):
     assert result["error"] < 1e-10
 
 
+OP_ARGV = ["--model", "test_resnet_op2", *ARGS, "--epochs", "2"]
+
+
+@pytest.fixture(scope="module")
+def ddp_op_run(tmp_path_factory) -> Path:
+    """The DDP run the FSDP2 and DeepSpeed op runs are compared with."""
+    folder = tmp_path_factory.mktemp("ddp")
+    launch("ddp.yaml", *OP_ARGV, "--output", str(folder), "--experiment", "ddp")
+    return folder / "ddp"
+
+
 @needs_fsdp2
-def test_fsdp2_op_run_equals_ddp_resumes_and_exports_a_stock_model_once(tmp_path):
-    argv = ["--model", "test_resnet_op2", *ARGS, "--epochs", "2", "--output", str(tmp_path)]
-    launch("ddp.yaml", *argv, "--experiment", "ddp")
-    out = launch("fsdp2.yaml", *argv, "--experiment", "fsdp", fsdp=True)
+def test_fsdp2_op_run_equals_ddp_resumes_and_exports_a_stock_model_once(tmp_path, ddp_op_run):
+    argv = [*OP_ARGV, "--output", str(tmp_path)]
+    out = launch("fsdp2.yaml", *argv, "--experiment", "fsdp")
     assert out.stdout.count("test_resnet_op2 (op)") == 1  # the main process speaks
-    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    ddp, fsdp = ddp_op_run, tmp_path / "fsdp"
     for one, two in zip(rows(fsdp), rows(ddp), strict=True):  # the same run, sharded
         assert one == pytest.approx(two, rel=1e-6, abs=1e-7)
     # checkpoints: accelerate's shards, and the full weights beside them (what validate.py reads)
@@ -172,8 +198,55 @@ def test_fsdp2_op_run_equals_ddp_resumes_and_exports_a_stock_model_once(tmp_path
     os.unlink(fsdp / "last")
     os.symlink("checkpoint-1", fsdp / "last")
     straight = rows(fsdp)
-    launch("fsdp2.yaml", *argv, "--resume", str(fsdp / "last"), fsdp=True)
+    launch("fsdp2.yaml", *argv, "--resume", str(fsdp / "last"))
     assert rows(fsdp) == straight
+
+
+def test_deepspeed_zero2_op_run_equals_ddp_resumes_and_exports_a_stock_model(tmp_path, ddp_op_run):
+    argv = [*OP_ARGV, "--output", str(tmp_path)]
+    out = launch("deepspeed_zero2.yaml", *argv, "--experiment", "zero")
+    assert out.stdout.count("test_resnet_op2 (op)") == 1
+    ddp, zero = ddp_op_run, tmp_path / "zero"
+    for one, two in zip(rows(zero), rows(ddp), strict=True):  # ZeRO-2 is data parallelism, partitioned
+        assert one == pytest.approx(two, rel=1e-6, abs=1e-7)
+    # checkpoints: DeepSpeed's engine files, each recorded and checked, and the full weights
+    last = zero / "checkpoint-2"
+    engine = {p.name for p in (last / "pytorch_model").iterdir()}
+    assert engine == {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} | {
+        "mp_rank_00_model_states.pt"
+    }
+    recorded = read_state(last).files
+    assert {f"pytorch_model/{n}" for n in engine} | {"model.safetensors"} <= recorded.keys()
+    for name in engine:
+        check_deepspeed_file(last / "pytorch_model" / name)  # what DeepSpeed unpickles: data only
+    assert (
+        load_file(last / "model.safetensors").keys()
+        == load_file(ddp / "checkpoint-2" / "model.safetensors").keys()
+    )
+    a, b = load_file(zero / "collapsed.safetensors"), load_file(ddp / "collapsed.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+    record = validate(
+        parse_args(validate_parser(), ["--model", "test_resnet_op2", "--checkpoint", str(zero / "last")])
+    )
+    assert record["top1"] == pytest.approx(100 * rows(zero)[-1]["eval_top1"], abs=1e-3)
+    # resume epoch 1's checkpoint (DeepSpeed restores its optimizer partitions): the straight run again
+    os.unlink(zero / "last")
+    os.symlink("checkpoint-1", zero / "last")
+    straight, export = rows(zero), (zero / "collapsed.safetensors").read_bytes()
+    launch("deepspeed_zero2.yaml", *argv, "--resume", str(zero / "last"))
+    assert rows(zero) == straight and (zero / "collapsed.safetensors").read_bytes() == export
+
+
+def test_a_deepspeed_file_holding_anything_but_data_is_refused(tmp_path):
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    data = tmp_path / "data.pt"
+    torch.save({"state": [torch.ones(2)], "slices": {"w": fragment_address(numel=2, start=0)}}, data)
+    check_deepspeed_file(data)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state": [torch.ones(2)], "args": argparse.Namespace(lr=0.1)}, foreign)
+    with pytest.raises(ValueError, match=r"foreign\.pt.*not a DeepSpeed ZeRO checkpoint file.*Namespace"):
+        check_deepspeed_file(foreign)
 
 
 @needs_fsdp2
@@ -181,7 +254,7 @@ def test_fsdp2_line_run_with_the_regulariser_trains_as_ddp(tmp_path):
     argv = ["--model", "test_resnet_line", *ARGS, "--epochs", "1", "--output", str(tmp_path)]
     argv += "--num-samples 2 --eval-points 0,0.5,1 --eval-ensembles 0+1 --bn-recal-batches 2".split()
     launch("ddp.yaml", *argv, "--experiment", "ddp")
-    launch("fsdp2.yaml", *argv, "--experiment", "fsdp", fsdp=True)
+    launch("fsdp2.yaml", *argv, "--experiment", "fsdp")
     ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
     # the regulariser's sums run in another order over shards (float32 rounding, 3e-7 relative in
     # its gradients), which 5 steps at lr 0.1 amplify; without it the runs are equal to the last bit
@@ -216,7 +289,47 @@ def test_fsdp2_refuses_what_needs_whole_parameters_at_every_step():
         Trainer._check_sharding(_fake_run(pvar=2.0), model)
     with pytest.raises(ValueError, match=r"fsdp_state_dict_type FULL_STATE_DICT.*SHARDED_STATE_DICT"):
         Trainer._check_sharding(_fake_run(state_dict_type="FULL_STATE_DICT"), model)
-    deepspeed = _fake_run()
-    deepspeed.acc.distributed_type = "DEEPSPEED"
-    with pytest.raises(ValueError, match=r"DeepSpeed is not supported.*configs/accelerate/fsdp2.yaml"):
-        Trainer._check_sharding(deepspeed, model)
+
+
+def _fake_deepspeed_run(ds_config: dict, callbacks=(), **config) -> SimpleNamespace:
+    """What ``Trainer._check_deepspeed`` reads of a run under DeepSpeed."""
+    state = SimpleNamespace(deepspeed_plugin=SimpleNamespace(deepspeed_config=ds_config))
+    acc = SimpleNamespace(is_fsdp2=False, distributed_type="DEEPSPEED", state=state)
+    defaults = dict(
+        amp=False, pvar=None, dynamic_lr=False, store_grad=False, clip_grad=None, grad_accum_steps=1
+    )
+    run = SimpleNamespace(
+        acc=acc, config=SimpleNamespace(**{**defaults, **config}), callbacks=CallbackList(list(callbacks))
+    )
+    run._check_deepspeed = lambda: Trainer._check_deepspeed(run)
+    return run
+
+
+def test_deepspeed_takes_train_py_flags_and_refuses_what_zero_cannot_do():
+    model = timm.create_model("test_resnet_op2")
+    config = {"zero_optimization": {"stage": 2}, "gradient_clipping": "auto"}
+    assert (
+        Trainer._check_sharding(_fake_deepspeed_run(config, clip_grad=2.0, grad_accum_steps=3), model) is None
+    )
+    # "auto" (accelerate would clip at 1.0) becomes train.py's flags
+    assert config["gradient_clipping"] == 2.0 and config["gradient_accumulation_steps"] == 3
+    unclipped = {"zero_optimization": {"stage": 1}}
+    Trainer._check_deepspeed(_fake_deepspeed_run(unclipped))
+    assert unclipped["gradient_clipping"] == 0.0  # DeepSpeed's "no clipping"
+    with pytest.raises(ValueError, match=r"gradient_clipping is 1.0, train.py's --clip-grad 0.0.*auto"):
+        Trainer._check_deepspeed(_fake_deepspeed_run({"gradient_clipping": 1.0}))
+    with pytest.raises(
+        ValueError, match=r"gradient_accumulation_steps is 4, train.py's --grad-accum-steps 1"
+    ):
+        Trainer._check_deepspeed(_fake_deepspeed_run({"gradient_accumulation_steps": 4}))
+    with pytest.raises(ValueError, match=r"ZeRO stage 3.*configs/accelerate/fsdp2.yaml"):
+        Trainer._check_deepspeed(_fake_deepspeed_run({"zero_optimization": {"stage": 3}}))
+    with pytest.raises(ValueError, match=r"--amp under DeepSpeed.*16 bits"):
+        Trainer._check_deepspeed(_fake_deepspeed_run({}, amp=True))
+    with pytest.raises(ValueError, match=r"the DeepSpeed config's bf16 under DeepSpeed"):
+        Trainer._check_deepspeed(_fake_deepspeed_run({"bf16": {"enabled": True}}))
+    with pytest.raises(ValueError, match=r"--pvar/--dynamic-lr/--store-grad read gradients"):
+        Trainer._check_deepspeed(_fake_deepspeed_run({}, store_grad=True))
+    with pytest.raises(ValueError, match=r"callbacks \[.*NormRecorder'\] read gradients.*ddp.yaml"):
+        Trainer._check_deepspeed(_fake_deepspeed_run({}, callbacks=[NormRecorder()]))
+    Trainer._check_deepspeed(_fake_deepspeed_run({}, callbacks=[Callback()]))  # no step hooks: fine

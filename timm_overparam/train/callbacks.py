@@ -151,11 +151,20 @@ class CallbackList:
 
         Example: ``callbacks.attach(accelerated_optimizer.optimizer, run)``
         """
-        if not any(hasattr(c, h) for c in self.callbacks for h in ("on_before_step", "on_after_step")):
+        if not self.step_hooked():
             return
         self._handles = [
             optimizer.register_step_pre_hook(lambda *_: self.call("on_before_step", run, run.unwrapped)),
             optimizer.register_step_post_hook(lambda *_: self.call("on_after_step", run, run.unwrapped)),
+        ]
+
+    def step_hooked(self) -> list[str]:
+        """The names of the callbacks with a step hook of their own (not ``Callback``'s empty one)."""
+        hooks = ("on_before_step", "on_after_step")
+        return [
+            name
+            for name, c in zip(self.names(), self.callbacks, strict=True)
+            if any(getattr(type(c), h, None) not in (None, getattr(Callback, h)) for h in hooks)
         ]
 
     def detach(self) -> None:

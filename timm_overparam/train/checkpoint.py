@@ -21,11 +21,21 @@ its own shard, restored sharded on resume), and the main process also writes the
 ``model.safetensors`` (from the run's evaluation replica, ``Checkpoints.save(full=...)``), so that
 validate.py, ``--initial-checkpoint`` and the key check of a resume read every checkpoint alike.
 The sha256 of every file, those inside the sharded folders too, is recorded and checked.
+
+Under DeepSpeed (ZeRO stages 1 and 2) accelerate has DeepSpeed's engine write ``pytorch_model/``
+(``mp_rank_00_model_states.pt``, the module; ``zero_pp_rank_<i>_mp_rank_00_optim_states.pt``, each
+process's optimizer partition, which every process reads on resume), and the main process writes
+``model.safetensors`` of the model's whole weights, as under FSDP2. DeepSpeed reads its files with
+``torch.load(weights_only=False)``: before it does, the main process checks that each has its
+recorded sha256 and loads with ``weights_only=True`` allowing only DeepSpeed's three data classes
+(``DEEPSPEED_DATA_CLASSES``), so the bytes DeepSpeed unpickles hold tensors, containers and those.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -33,6 +43,7 @@ import random
 import re
 import shutil
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -40,9 +51,9 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, is_cuda_available, is_xpu_available
+from accelerate.utils import DistributedType, gather_object, is_cuda_available, is_xpu_available
 from accelerate.utils import load as accelerate_load
-from accelerate.utils.constants import FSDP_MODEL_NAME, OPTIMIZER_NAME
+from accelerate.utils.constants import FSDP_MODEL_NAME, MODEL_NAME, OPTIMIZER_NAME
 from safetensors import SafetensorError
 from torch import nn
 
@@ -55,6 +66,13 @@ MODEL_FILE = "model.safetensors"
 SCALER_FILE = "scaler.pt"
 CALLBACKS_FILE = "callbacks.json"
 RNG_PREFIX = "random_states_"
+DEEPSPEED_MODULE_FILE = "mp_rank_00_model_states.pt"  # in each of DeepSpeed's pytorch_model*/ folders
+# what DeepSpeed pickles into its ZeRO stage 1/2 files besides tensors, containers and numbers
+DEEPSPEED_DATA_CLASSES = (
+    "deepspeed.runtime.fp16.loss_scaler:LossScaler",
+    "deepspeed.runtime.zero.config:ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment:fragment_address",
+)
 _CHUNK = 1 << 22  # bytes hashed at a time
 # what a full disk raises: OSError (open, write), RuntimeError (torch.save: "[enforce fail at
 # inline_container.cc:672] . unexpected pos"), SafetensorError ("Error while serializing: I/O error")
@@ -261,6 +279,44 @@ def is_sharded(accelerator: Accelerator) -> bool:
     return bool(getattr(accelerator, "is_fsdp2", False))
 
 
+def is_deepspeed(accelerator: Accelerator) -> bool:
+    """Whether ``accelerator`` runs DeepSpeed (whose engine writes its own checkpoint files).
+
+    Example: ``is_deepspeed(Accelerator())`` is False
+    """
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def check_deepspeed_file(path: str | os.PathLike) -> None:
+    """Load a DeepSpeed checkpoint file without pickle's freedom: ``torch.load(weights_only=True)``
+    allowing only ``DEEPSPEED_DATA_CLASSES``; a ValueError names anything else it holds.
+
+    Example: ``check_deepspeed_file("checkpoint-3/pytorch_model/mp_rank_00_model_states.pt")``
+    """
+    allowed = []
+    for name in DEEPSPEED_DATA_CLASSES:
+        module, cls = name.split(":")
+        allowed.append(getattr(importlib.import_module(module), cls))
+    scoped = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; before, process-wide
+    try:
+        with scoped(allowed) if scoped is not None else contextlib.nullcontext():
+            if scoped is None:
+                torch.serialization.add_safe_globals(allowed)
+            # mmap: a big model's optimizer partitions need not fit in memory (zip files only)
+            torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))  # torch's weights_only refusal
+        why = (
+            f"it holds {found[1]}"
+            if found
+            else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        )
+        raise ValueError(
+            f"{str(path)!r} is not a DeepSpeed ZeRO checkpoint file this project resumes (damaged or "
+            f"foreign): {why}"
+        ) from e
+
+
 def _same_numpy_state(a: Any, b: Any) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
@@ -318,13 +374,16 @@ class Checkpoints:
         """Write ``checkpoint-<epoch>``, move ``last`` (and ``best`` if the metric improved); prune.
 
         ``callbacks``: the main process's callback states (JSON data), written as ``callbacks.json``.
-        ``full``: an unsharded copy of a sharded (FSDP2) model, written as ``model.safetensors``.
+        ``full``: an unsharded copy of a sharded (FSDP2) model, written as ``model.safetensors``
+        (under DeepSpeed, whose engine writes no such file, the model itself is).
 
         Called on every process (accelerate writes each process's RNG state). Returns True when
         this checkpoint became ``best``. A write that fails (full disk, I/O error) removes the
         temporary folder and raises OSError on every process; ``last`` stays where it was.
         """
         acc = self.accelerator
+        if full is None and is_deepspeed(acc):
+            full = acc.unwrap_model(acc._models[0], keep_torch_compile=False)
         state = replace(state, files={})
         _checked(asdict(state), self.folder / f"checkpoint-{state.epoch}" / STATE_FILE, "nothing was written")
         name = f"checkpoint-{state.epoch}"
@@ -385,7 +444,7 @@ class Checkpoints:
         callbacks: list[dict[str, Any]] | None = None,
         full: nn.Module | None = None,
     ) -> None:
-        """Main process: full weights (FSDP2), EMA, callbacks, hashes and state into ``tmp``, rename it
+        """Main process: full weights (FSDP2, DeepSpeed), EMA, callbacks, hashes and state into ``tmp``, rename it
         into place, move the links."""
         if full is not None:
             save_weights(full, tmp / MODEL_FILE, parametrized=True)
@@ -441,6 +500,10 @@ class Checkpoints:
             folders += [f"{OPTIMIZER_NAME}_{i}" for i in range(len(acc._optimizers))]
             shared = [MODEL_FILE] + [f"{f}/.metadata" for f in folders]
             shared += sorted(n for n in state.files if n.split("/")[0] in folders and n not in shared)
+        elif is_deepspeed(acc):  # the full weights, and the recorded files of DeepSpeed's folders
+            folders = [MODEL_NAME if i == 0 else f"{MODEL_NAME}_{i}" for i in range(len(acc._models))]
+            shared = [MODEL_FILE] + [f"{f}/{DEEPSPEED_MODULE_FILE}" for f in folders]
+            shared += sorted(n for n in state.files if n.split("/")[0] in folders and n not in shared)
         else:
             shared = [MODEL_FILE if i == 0 else f"model_{i}.safetensors" for i in range(len(acc._models))]
             shared += [
@@ -468,7 +531,12 @@ class Checkpoints:
                     hint = " (it was saved without float16 --amp: resume with the same --amp settings)"
                 raise ValueError(f"{str(folder / name)!r} is missing: the checkpoint is incomplete{hint}")
         verify_files(folder, (shared if self.accelerator.is_main_process else []) + own, state)
-        for i, opt in enumerate([] if is_sharded(self.accelerator) else self.accelerator._optimizers):
+        if is_deepspeed(self.accelerator) and self.accelerator.is_main_process:
+            for name in shared:
+                if name.endswith(".pt"):
+                    check_deepspeed_file(folder / name)
+        accelerate_owns = not (is_sharded(self.accelerator) or is_deepspeed(self.accelerator))
+        for i, opt in enumerate(self.accelerator._optimizers if accelerate_owns else []):
             path = folder / ("optimizer.bin" if i == 0 else f"optimizer_{i}.bin")
             try:
                 saved_opt = accelerate_load(path, map_location="cpu", mmap=True)  # weights_only=True

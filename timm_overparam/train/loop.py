@@ -379,16 +379,14 @@ class Trainer:
         return model
 
     def _check_sharding(self, model: nn.Module) -> nn.Module | None:
-        """Refuse DeepSpeed and FSDP1. Under FSDP2: refuse what needs whole parameters at every step; return the evaluation
-        replica (an unsharded copy of ``model``, made before accelerate shards it) after naming the
-        model's blocks as its FSDP2 units (``sharding.mark_blocks``). Else None."""
+        """Refuse FSDP1, and under DeepSpeed what ``_check_deepspeed`` refuses. Under FSDP2: refuse
+        what needs whole parameters at every step; return the evaluation replica (an unsharded copy
+        of ``model``, made before accelerate shards it) after naming the model's blocks as its FSDP2
+        units (``sharding.mark_blocks``). Else None."""
         cfg, acc = self.config, self.acc
         if acc.distributed_type == DistributedType.DEEPSPEED:
-            raise ValueError(
-                "DeepSpeed is not supported by train.py yet (its engine writes checkpoints this project "
-                "cannot verify or resume; see docs/scaling.md): shard with FSDP2 instead, "
-                "accelerate launch --config_file configs/accelerate/fsdp2.yaml"
-            )
+            self._check_deepspeed()
+            return None
         if acc.distributed_type == DistributedType.FSDP and not is_sharded(acc):
             raise ValueError(
                 "FSDP1 is not supported: set fsdp_version: 2 in the accelerate config (or --fsdp_version 2; "
@@ -415,6 +413,47 @@ class Trainer:
             )
         mark_blocks(model)  # the FSDP2 units of accelerate's TRANSFORMER_BASED_WRAP policy
         return copy.deepcopy(model)
+
+    def _check_deepspeed(self) -> None:
+        """DeepSpeed ZeRO stages 1 and 2 (whole parameters on every process): refuse ZeRO-3, 16-bit
+        weights and what needs whole gradients or the optimizer's own step; take gradient clipping
+        and accumulation from train.py's flags (accelerate would clip at 1.0 by default)."""
+        cfg, config = self.config, self.acc.state.deepspeed_plugin.deepspeed_config
+        stage = config.get("zero_optimization", {}).get("stage", 0)
+        if stage not in (0, 1, 2):
+            raise ValueError(
+                f"DeepSpeed ZeRO stage {stage}: train.py runs ZeRO stages 1 and 2; to shard the parameters "
+                "too, use FSDP2: accelerate launch --config_file configs/accelerate/fsdp2.yaml"
+            )
+        sixteen = [k for k in ("fp16", "bf16") if str(config.get(k, {}).get("enabled")).lower() == "true"]
+        if cfg.amp or sixteen:
+            what = "--amp" if cfg.amp else f"the DeepSpeed config's {sixteen[0]}"
+            raise ValueError(
+                f"{what} under DeepSpeed: DeepSpeed's bf16/fp16 keep the model's weights (the factors and "
+                "vertices) in 16 bits, not autocast over float32 weights as train.py's --amp does: train "
+                "in float32, or use DDP/FSDP2 with --amp (configs/accelerate/ddp.yaml, fsdp2.yaml)"
+            )
+        research = cfg.pvar is not None or cfg.dynamic_lr or cfg.store_grad
+        hooks = self.callbacks.step_hooked()
+        if research or hooks:
+            what = "--pvar/--dynamic-lr/--store-grad" if research else f"the callbacks {hooks}"
+            raise ValueError(
+                f"{what} read gradients and weights at each optimizer step, which DeepSpeed's ZeRO "
+                "optimizer keeps in its own partitions: train with DDP (configs/accelerate/ddp.yaml) "
+                "or leave them out"
+            )
+        for key, flag, wanted in (
+            ("gradient_clipping", "--clip-grad", float(cfg.clip_grad or 0.0)),
+            ("gradient_accumulation_steps", "--grad-accum-steps", cfg.grad_accum_steps),
+        ):
+            value = config.get(key, "auto")
+            if value == "auto":
+                config[key] = wanted
+            elif value != wanted:
+                raise ValueError(
+                    f"the DeepSpeed config's {key} is {value}, train.py's {flag} {wanted}: set it to "
+                    f"auto (train.py's flag decides) or pass {flag} {value}"
+                )
 
     @property
     def is_main_process(self) -> bool:

@@ -249,13 +249,33 @@ def test_a_deepspeed_file_holding_anything_but_data_is_refused(tmp_path):
         check_deepspeed_file(foreign)
 
 
+LINE_ARGV = ["--model", "test_resnet_line", *ARGS, "--epochs", "1", "--num-samples", "2"]
+LINE_ARGV += "--eval-points 0,0.5,1 --eval-ensembles 0+1 --bn-recal-batches 2".split()
+POINTS = ("point-0.safetensors", "point-0.5.safetensors", "point-1.safetensors")
+
+
+@pytest.fixture(scope="module")
+def ddp_line_run(tmp_path_factory) -> Path:
+    """The DDP run of a line with the regulariser that the FSDP2 and DeepSpeed runs are compared with."""
+    folder = tmp_path_factory.mktemp("ddp_line")
+    launch("ddp.yaml", *LINE_ARGV, "--output", str(folder), "--experiment", "ddp")
+    return folder / "ddp"
+
+
+def test_deepspeed_line_run_with_the_regulariser_equals_ddp(tmp_path, ddp_line_run):
+    launch("deepspeed_zero2.yaml", *LINE_ARGV, "--output", str(tmp_path), "--experiment", "zero")
+    zero = tmp_path / "zero"
+    (one,), (two,) = rows(zero), rows(ddp_line_run)  # whole vertices on every process: DDP's sums
+    assert one.keys() == two.keys() and one == pytest.approx(two, rel=1e-6, abs=1e-7)
+    for name in POINTS:
+        a, b = load_file(zero / name), load_file(ddp_line_run / name)
+        assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+
+
 @needs_fsdp2
-def test_fsdp2_line_run_with_the_regulariser_trains_as_ddp(tmp_path):
-    argv = ["--model", "test_resnet_line", *ARGS, "--epochs", "1", "--output", str(tmp_path)]
-    argv += "--num-samples 2 --eval-points 0,0.5,1 --eval-ensembles 0+1 --bn-recal-batches 2".split()
-    launch("ddp.yaml", *argv, "--experiment", "ddp")
-    launch("fsdp2.yaml", *argv, "--experiment", "fsdp")
-    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+def test_fsdp2_line_run_with_the_regulariser_trains_as_ddp(tmp_path, ddp_line_run):
+    launch("fsdp2.yaml", *LINE_ARGV, "--output", str(tmp_path), "--experiment", "fsdp")
+    ddp, fsdp = ddp_line_run, tmp_path / "fsdp"
     # the regulariser's sums run in another order over shards (float32 rounding, 3e-7 relative in
     # its gradients), which 5 steps at lr 0.1 amplify; without it the runs are equal to the last bit
     (one,), (two,) = rows(fsdp), rows(ddp)
@@ -263,7 +283,7 @@ def test_fsdp2_line_run_with_the_regulariser_trains_as_ddp(tmp_path):
     assert one["train_loss"] == pytest.approx(two["train_loss"], rel=0.01)
     for point in ("0", "0.5", "1"):
         assert one[f"eval_point{point}_loss"] == pytest.approx(two[f"eval_point{point}_loss"], rel=0.02)
-    for name in ("point-0.safetensors", "point-0.5.safetensors", "point-1.safetensors"):
+    for name in POINTS:
         assert load_file(fsdp / name).keys() == load_file(ddp / name).keys()
 
 

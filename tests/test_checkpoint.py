@@ -467,6 +467,7 @@ except ValueError as e:  # one file each: printed lines of two processes may int
 """
 
 
+@pytest.mark.slow
 def test_two_processes_save_and_a_missing_file_of_one_stops_both(tmp_path):
     script = tmp_path / "two.py"
     script.write_text(TWO_PROCESSES)

@@ -85,6 +85,7 @@ def eager_run(tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["test_resnet_op2", "test_resnet_line"])
 def test_a_compiled_run_matches_the_eager_run(tmp_path, arch, eager_run):
     eager = eager_run(arch)
@@ -110,6 +111,7 @@ def test_a_compiled_run_matches_the_eager_run(tmp_path, arch, eager_run):
     assert 1 <= counters["stats"]["unique_graphs"] <= 2  # full batches and the last, smaller one
 
 
+@pytest.mark.slow
 def test_validate_compiles_the_points_once(eager_run):
     """validate.py --torchcompile of a line: each point's BatchNorm recalibration runs eager, the
     validation passes compiled; the results are eager's, and 4 points and 2 ensembles compile no

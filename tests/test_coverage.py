@@ -54,6 +54,7 @@ def rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_sample_passes_for_both_families(tmp_path):
     out = tmp_path / "coverage.csv"
     res = harness("--archs", ",".join(SAMPLE), "--out", str(out), "--timeout", "300")
@@ -67,6 +68,7 @@ def test_sample_passes_for_both_families(tmp_path):
     assert all(float(r["max_rel_err"]) <= 1e-4 and int(r["params"]) > 0 and r["module"] for r in got)
 
 
+@pytest.mark.slow
 def test_failures_are_recorded_and_the_sweep_resumes(tmp_path):
     out = tmp_path / "c.csv"
     slow = harness(

@@ -12,6 +12,7 @@ import argparse
 import copy
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from accelerate.commands.config.config_args import load_config_from_file
+from filelock import FileLock
 from packaging.version import Version
 from safetensors.torch import load_file
 
@@ -144,6 +146,7 @@ def _sharded_gradients(rank: int, world: int, init: str, result: dict) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @needs_fsdp2
 def test_sharded_regulariser_and_loss_have_unsharded_gradients(tmp_path):
     """FSDP2 over the blocks of a line (float64, 2 gloo processes): the regulariser over sharded and
@@ -158,14 +161,27 @@ def test_sharded_regulariser_and_loss_have_unsharded_gradients(tmp_path):
 OP_ARGV = ["--model", "test_resnet_op2", *ARGS, "--epochs", "2"]
 
 
-@pytest.fixture(scope="module")
-def ddp_op_run(tmp_path_factory) -> Path:
-    """The DDP run the FSDP2 and DeepSpeed op runs are compared with."""
-    folder = tmp_path_factory.mktemp("ddp")
-    launch("ddp.yaml", *OP_ARGV, "--output", str(folder), "--experiment", "ddp")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str, argv: list[str]) -> Path:
+    """The DDP run ``name`` of this session, launched once whichever xdist workers ask for it: the
+    first under a file lock in the folder the workers share, the others then read its files."""
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent  # pytest-N/, shared by pytest-N/gw0, gw1
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed launch left
+            launch("ddp.yaml", *argv, "--output", str(folder), "--experiment", "ddp")
+            done.touch()
     return folder / "ddp"
 
 
+@pytest.fixture
+def ddp_op_run(tmp_path_factory, worker_id) -> Path:
+    """The DDP run the FSDP2 and DeepSpeed op runs are compared with."""
+    return ddp_run(tmp_path_factory, worker_id, "ddp_op", OP_ARGV)
+
+
+@pytest.mark.slow
 @needs_fsdp2
 def test_fsdp2_op_run_equals_ddp_resumes_and_exports_a_stock_model_once(tmp_path, ddp_op_run):
     argv = [*OP_ARGV, "--output", str(tmp_path)]
@@ -202,6 +218,7 @@ def test_fsdp2_op_run_equals_ddp_resumes_and_exports_a_stock_model_once(tmp_path
     assert rows(fsdp) == straight
 
 
+@pytest.mark.slow
 def test_deepspeed_zero2_op_run_equals_ddp_resumes_and_exports_a_stock_model(tmp_path, ddp_op_run):
     argv = [*OP_ARGV, "--output", str(tmp_path)]
     out = launch("deepspeed_zero2.yaml", *argv, "--experiment", "zero")
@@ -254,14 +271,13 @@ LINE_ARGV += "--eval-points 0,0.5,1 --eval-ensembles 0+1 --bn-recal-batches 2".s
 POINTS = ("point-0.safetensors", "point-0.5.safetensors", "point-1.safetensors")
 
 
-@pytest.fixture(scope="module")
-def ddp_line_run(tmp_path_factory) -> Path:
+@pytest.fixture
+def ddp_line_run(tmp_path_factory, worker_id) -> Path:
     """The DDP run of a line with the regulariser that the FSDP2 and DeepSpeed runs are compared with."""
-    folder = tmp_path_factory.mktemp("ddp_line")
-    launch("ddp.yaml", *LINE_ARGV, "--output", str(folder), "--experiment", "ddp")
-    return folder / "ddp"
+    return ddp_run(tmp_path_factory, worker_id, "ddp_line", LINE_ARGV)
 
 
+@pytest.mark.slow
 def test_deepspeed_line_run_with_the_regulariser_equals_ddp(tmp_path, ddp_line_run):
     launch("deepspeed_zero2.yaml", *LINE_ARGV, "--output", str(tmp_path), "--experiment", "zero")
     zero = tmp_path / "zero"
@@ -272,6 +288,7 @@ def test_deepspeed_line_run_with_the_regulariser_equals_ddp(tmp_path, ddp_line_r
         assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
 
 
+@pytest.mark.slow
 @needs_fsdp2
 def test_fsdp2_line_run_with_the_regulariser_trains_as_ddp(tmp_path, ddp_line_run):
     launch("fsdp2.yaml", *LINE_ARGV, "--output", str(tmp_path), "--experiment", "fsdp")

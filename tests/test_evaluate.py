@@ -262,6 +262,7 @@ def test_reliability_is_not_a_metric():
         reliability(torch.ones(2, 2) / 2, torch.zeros(2), bins=0)
 
 
+@pytest.mark.slow
 def test_results_have_reliability_bins_and_seconds_per_step_also_after_a_resume(tmp_path):
     run(tmp_path, *FAST, "--epochs", "2", "--experiment", "op")
     folder = tmp_path / "op"

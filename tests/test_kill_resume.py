@@ -14,7 +14,8 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_TH
 
 
 def start(tmp_path: Path, model: str, *extra: str) -> subprocess.Popen:
-    argv = [*FAST, "--model", model, "--epochs", "4", "--bn-recal-batches", "2", "--output", str(tmp_path)]
+    argv = [*FAST, "--model", model, "--epochs", "4", "--bn-recal-batches", "2", "--train-fraction", "0.5"]
+    argv += ["--output", str(tmp_path)]
     return subprocess.Popen(
         [sys.executable, "train.py", *argv, *extra],
         cwd=ROOT,
@@ -35,8 +36,12 @@ def kill_when(proc: subprocess.Popen, moment: Callable[[], bool], delay: float =
     proc.wait()
 
 
-@pytest.mark.parametrize("model", ["test_resnet_op2", "test_resnet_line"])
-def test_killed_and_resumed_runs_end_bit_for_bit_like_a_straight_run(tmp_path, model):
+@pytest.mark.slow
+def test_killed_and_resumed_runs_end_bit_for_bit_like_a_straight_run(tmp_path):
+    # a subspace model: what a save must keep atomically is the same for both families, and the
+    # line's checkpoint holds more (the random states of its point sampling); the op family's resume
+    # is exact in test_train.py and under DDP, FSDP2 and DeepSpeed in test_distributed.py
+    model = "test_resnet_line"
     straight = start(tmp_path, model, "--experiment", "straight")
     folder = tmp_path / "killed"
     last = folder / "last"

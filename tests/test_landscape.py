@@ -289,6 +289,7 @@ def test_render_and_plot_a_run_from_the_command_line(tmp_path):
             main(["render", *argv, "--out", str(tmp_path / "x.npy"), "--steps", "1"])
 
 
+@pytest.mark.slow
 def test_two_processes_render_the_same_surface_as_one(tmp_path):
     out = tmp_path / "out"
     train(parse_args(train_parser(), ["--output", str(out), "--model", "test_resnet_op2", *TINY]))

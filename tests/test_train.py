@@ -51,6 +51,7 @@ def measured(table: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{k: v for k, v in row.items() if k not in TIMING} for row in table]
 
 
+@pytest.mark.slow
 def test_op_run_collapses_exactly_and_exports_a_stock_model(tmp_path):
     res = run(tmp_path, *FAST, "--epochs", "2", "--experiment", "op")
     folder = tmp_path / "op"
@@ -90,6 +91,7 @@ def test_op_run_collapses_exactly_and_exports_a_stock_model(tmp_path):
     assert ckpt["param_count_expanded"] > ckpt["param_count_collapsed"] == stock["param_count"]
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_metrics_as_a_straight_run(tmp_path):
     args = [*FAST, "--epochs", "2", "--model-ema", "--model-ema-decay", "0.9", "--smoothing", "0.1"]
     run(tmp_path, *args, "--experiment", "straight")
@@ -167,10 +169,22 @@ def same_rows(a: list[dict[str, str]], b: list[dict[str, str]]) -> None:
             assert float(x[k]) == pytest.approx(float(y[k]), rel=1e-5, abs=1e-6), k
 
 
+def same_records(a: list[dict], b: list[dict]) -> None:
+    """Two runs' callback records (NormRecorder's): the same updates, norms within float32 sums."""
+    assert [(r["step"], r["epoch"]) for r in a] == [(r["step"], r["epoch"]) for r in b]
+    for x, y in zip(a, b, strict=True):
+        for k in ("grad_norm", "weight_norm"):
+            assert x[k] == pytest.approx(y[k], rel=1e-5), (x["step"], k)
+
+
+RECORDER = ["--callback", "timm_overparam.train.callbacks:NormRecorder"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model, extra",
     [
-        ("test_vit_op2", ["--epochs", "2"]),
+        ("test_vit_op2", ["--epochs", "2", *RECORDER]),  # and a callback records what one process does
         ("test_vit_line", ["--subspace-beta", "1", "--eval-ensembles", "0+1"]),
     ],
 )
@@ -184,6 +198,11 @@ def test_two_processes_match_one(tmp_path, model, extra):
     assert sorted(p.name for p in (tmp_path / "two").glob("*.safetensors")) == sorted(
         p.name for p in (tmp_path / "one").glob("*.safetensors")
     )
+    if RECORDER[1] in extra:
+        two, one = (json.loads((tmp_path / name / "norms.json").read_text()) for name in ("two", "one"))
+        same_records(two, one)
+        assert len(one) == 2 * (1437 // 128)
+        assert torch.isfinite(torch.tensor([r["grad_norm"] for r in one])).all()
 
 
 def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
@@ -205,8 +224,11 @@ def test_gradient_accumulation_matches_the_whole_batch(tmp_path):
     assert state["step"] == 1437 // 128  # one update per 4 micro-batches; the partial last batch is dropped
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_checks_the_collapse_at_its_tolerance(tmp_path):
-    res = run(tmp_path, *FAST, "--epochs", "1", "--amp", "--amp-dtype", "bfloat16", "--experiment", "bf16")
+    res = run(
+        tmp_path, *FAST, "--epochs", "1", "--train-fraction", "0.25", "--amp", "--amp-dtype", "bfloat16"
+    )
     assert 0 < res["final"]["collapse_rel_err"] <= 5e-2  # bf16 autocast rounds the two forms differently
     assert abs(res["expanded"]["top1"] - res["final"]["top1"]) < 0.05
 
@@ -461,13 +483,14 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, one_epoch_copy):
     assert (n / "checkpoint-1" / "model.safetensors").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_wandb_only_with_the_flag_and_offline_run_written(tmp_path):
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     code = (
         "import sys, runpy; sys.argv = ['train.py', *sys.argv[1:]]; runpy.run_path(sys.argv[0], run_name='__main__'); "
         "print('wandb imported:', sys.modules.get('wandb') is not None)"
     )
-    common = [*FAST, "--epochs", "1", "--output", str(tmp_path)]
+    common = [*FAST, "--epochs", "1", "--train-fraction", "0.25", "--output", str(tmp_path)]
     plain = subprocess.run(
         [sys.executable, "-c", code, *common, "--experiment", "plain"],
         cwd=ROOT,

@@ -2,6 +2,7 @@
 
 import os
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -86,42 +87,55 @@ def test_pretrained_path_to_a_foreign_file(tmp_path):
         run(tmp_path / "out", *FAST, "--pretrained", "--pretrained-path", str(tmp_path / "missing"))
 
 
-def train_py(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    return subprocess.run(
-        [sys.executable, "train.py", "--output", str(tmp_path / "out"), *argv],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+def train_py_last_line(monkeypatch, capsys, *argv: str) -> str:
+    """Run train.py's ``main`` in this process; the last line it prints as it exits, which must fail."""
+    monkeypatch.setitem(sys.modules, "wandb", sys.modules.get("wandb"))  # train.py may hide wandb
+    monkeypatch.setattr(sys, "argv", ["train.py", *argv])
+    main = runpy.run_path(str(ROOT / "train.py"), run_name="probe")["main"]
+    with pytest.raises(SystemExit) as exited:
+        main()
+    code = exited.value.code
+    assert code not in (0, None), argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return code if isinstance(code, str) else err.strip().splitlines()[-1]  # sys.exit(str) prints str
 
 
-def test_train_py_reports_bad_configs_and_flags_in_one_line(tmp_path):
+@pytest.mark.slow
+def test_train_py_reports_bad_configs_and_flags_in_one_line(tmp_path, monkeypatch, capsys):
     (tmp_path / "broken.yaml").write_text("epochs: [\n")
     (tmp_path / "list.yaml").write_text("- epochs\n- 2\n")
     (tmp_path / "float.yaml").write_text("epochs: 2.5\n")
+    out = ("--output", str(tmp_path / "out"))
     cases = {
-        ("-c", str(tmp_path / "missing.yaml")): "cannot read config '.*missing.yaml': No such file",
-        ("-c", str(tmp_path / "broken.yaml")): "config '.*broken.yaml' is not valid YAML",
-        (f"--config={tmp_path / 'list.yaml'}",): "must be a mapping of flag names to values .* got a list",
-        ("-c", str(tmp_path / "float.yaml")): "config '.*float.yaml': epochs must be an integer, got 2.5",
-        ("--model-kwargs", "op_depth"): r"--model-kwargs: 'op_depth' is not key=value",
+        (*out, "-c", str(tmp_path / "broken.yaml")): "config '.*broken.yaml' is not valid YAML",
+        (
+            *out,
+            f"--config={tmp_path / 'list.yaml'}",
+        ): "must be a mapping of flag names to values .* got a list",
+        (
+            *out,
+            "-c",
+            str(tmp_path / "float.yaml"),
+        ): "config '.*float.yaml': epochs must be an integer, got 2.5",
+        (*out, "--model-kwargs", "op_depth"): r"--model-kwargs: 'op_depth' is not key=value",
         ("--output", str(tmp_path / "list.yaml")): r"--output '.*list.yaml' is a file",
     }
     for argv, message in cases.items():
-        done = (
-            train_py(tmp_path, *argv)
-            if "--output" not in argv
-            else subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, capture_output=True, text=True)
-        )
-        assert done.returncode != 0
-        assert "Traceback" not in done.stderr, done.stderr
-        last = done.stderr.strip().splitlines()[-1]
+        last = train_py_last_line(monkeypatch, capsys, *argv)
         assert re.search(message, last), (argv, last)
+    # and once as its own process: the exit status and the one line a shell shows
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    argv = [*out, "-c", str(tmp_path / "missing.yaml")]
+    done = subprocess.run(
+        [sys.executable, "train.py", *argv], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.search("cannot read config '.*missing.yaml': No such file", last), last
 
 
-def test_wandb_is_requested_by_every_form_of_the_config_flag(tmp_path):
+def test_wandb_is_requested_by_every_form_of_the_config_flag(tmp_path, monkeypatch):
     (tmp_path / "on.yaml").write_text("log_wandb: true\n")
     (tmp_path / "off.yaml").write_text("epochs: 1\n")
     forms = [
@@ -136,12 +150,9 @@ def test_wandb_is_requested_by_every_form_of_the_config_flag(tmp_path):
         ["--log-wandb=False"],
         ["--log_wandb", "no"],
     ]
-    code = (
-        "import runpy, sys; ns = runpy.run_path('train.py', run_name='probe'); "
-        f"print([ns['_wandb_requested'](argv) for argv in {forms!r}])"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.split("\n")[-2] == "[True, True, True, True, True, True, False, False, False, False]"
+    monkeypatch.setitem(sys.modules, "wandb", sys.modules.get("wandb"))  # train.py may hide wandb
+    requested = runpy.run_path(str(ROOT / "train.py"), run_name="probe")["_wandb_requested"]
+    assert [requested(argv) for argv in forms] == [True] * 6 + [False] * 4
 
 
 def test_validate_checks_its_results_file_and_points_before_evaluating(tmp_path, monkeypatch):

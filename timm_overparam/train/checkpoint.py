@@ -293,7 +293,7 @@ def check_deepspeed_file(path: str | os.PathLike) -> None:
 
     Example: ``check_deepspeed_file("checkpoint-3/pytorch_model/mp_rank_00_model_states.pt")``
     """
-    allowed = []
+    allowed: list = [set]  # a container; torch allows it by default only from 2.5 (DeepSpeed saves sets)
     for name in DEEPSPEED_DATA_CLASSES:
         module, cls = name.split(":")
         allowed.append(getattr(importlib.import_module(module), cls))

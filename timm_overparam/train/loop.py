@@ -30,7 +30,13 @@ from typing import Any
 import timm
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import DistributedType, broadcast, broadcast_object_list, set_seed
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    DistributedType,
+    broadcast,
+    broadcast_object_list,
+    set_seed,
+)
 from filelock import FileLock, Timeout
 from timm.loss import LabelSmoothingCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -276,6 +282,11 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
             step_scheduler_with_optimizer=False,
             dynamo_plugin=dynamo_plugin(cfg),
+            # several points per batch are several forwards before one backward: DDP's buffer
+            # broadcast at each forward rewrote BatchNorm statistics the first forward's graph saved
+            # (torch 2.4: "modified by an inplace operation"). Training uses batch statistics, and
+            # every process takes the main process's buffers before evaluating and saving.
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=cfg.num_samples == 1)],
         )
         set_seed(cfg.seed)
         train_set, val_set, info = open_data(cfg)
